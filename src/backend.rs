@@ -1,0 +1,51 @@
+//! The backend of the examples, tests, benches and experiments, chosen by cargo feature.
+//!
+//! The library itself is generic over `B: Backend`; only programs pick one. Precedence when
+//! several backend features are on: `wgpu`, then `tch`, then `ndarray` (the default feature), so
+//! `cargo run --features wgpu --example train` runs on wgpu without `--no-default-features`.
+
+#[cfg(feature = "wgpu")]
+mod selected {
+    /// The selected backend: wgpu (Vulkan, Metal, DX12 or WebGPU; fusion and autotune on).
+    pub type Backend = burn::backend::Wgpu;
+    /// Its device type.
+    pub type Device = burn::backend::wgpu::WgpuDevice;
+    /// Name for messages.
+    pub const NAME: &str = "wgpu";
+}
+
+#[cfg(all(feature = "tch", not(feature = "wgpu")))]
+mod selected {
+    /// The selected backend: LibTorch.
+    pub type Backend = burn::backend::LibTorch;
+    /// Its device type.
+    pub type Device = burn::backend::libtorch::LibTorchDevice;
+    /// Name for messages.
+    pub const NAME: &str = "tch";
+}
+
+#[cfg(all(feature = "ndarray", not(any(feature = "wgpu", feature = "tch"))))]
+mod selected {
+    /// The selected backend: ndarray (pure Rust, CPU, multi-threaded).
+    pub type Backend = burn::backend::NdArray;
+    /// Its device type.
+    pub type Device = burn::backend::ndarray::NdArrayDevice;
+    /// Name for messages.
+    pub const NAME: &str = "ndarray";
+}
+
+pub use selected::{Backend as SelectedBackend, Device as SelectedDevice, NAME};
+
+/// The selected backend with automatic differentiation, for training.
+pub type SelectedAutodiff = burn::backend::Autodiff<SelectedBackend>;
+
+/// The backend the test suite runs on (the selected one).
+pub type TestBackend = SelectedBackend;
+
+/// [`TestBackend`] with automatic differentiation.
+pub type TestAutodiffBackend = SelectedAutodiff;
+
+/// The selected backend's default device (the first GPU for wgpu; CPU for tch and ndarray).
+pub fn default_device() -> SelectedDevice {
+    SelectedDevice::default()
+}

@@ -1,0 +1,164 @@
+//! Capacity, slot assignment, dispatch and combine: the token shuffling of a Switch layer without
+//! loops over experts or tokens and without host reads (Fedus et al. 2021, §2.2 "Expert capacity").
+//!
+//! Each expert processes at most C = ⌈capacity_factor · T · k / E⌉ (token, choice) assignments.
+//! Assignments claim slots in priority order: every token's first choice before any second choice
+//! (as in GShard), and within one choice rank in token order, as in the paper. Assignments past an
+//! expert's capacity are *dropped*: they contribute exactly zero and the layer's residual connection
+//! carries the token. Padding tokens are never routed, so they neither fill slots nor count.
+//!
+//! The plan is built from integer tensors on the device:
+//! 1. `assign[r, e]` = 1 if assignment r (choice-major: r = j·T + t) goes to expert e    `[k·T, E]`
+//! 2. its slot: `cumsum(assign, 0) · assign` summed over e, minus 1                      `[k·T]`
+//! 3. kept = routed and slot < C; its row in the expert buffer is e·C + slot, a dropped one
+//!    reads a zero row E·C                                                               `[k·T]`
+//! 4. the inverse map (which token fills buffer row e·C + c) by a scatter-add into zeros, exact
+//!    because kept rows are unique                                                       `[E·C]`
+//!
+//! Dispatch is then one `select` (gather) of token rows, combine one `select` of expert-output rows
+//! weighted by the gates: both differentiable, with the backward a scatter-add.
+
+use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, backend::Backend};
+
+/// How many slots each expert gets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Capacity {
+    /// A fixed number of slots C per expert.
+    Fixed(usize),
+    /// As many slots as the most loaded expert needs: nothing is dropped. Costs one host read.
+    Dropless,
+}
+
+/// C = ⌈factor · T · k / E⌉, at least 1 and at most T (no expert can be chosen by more than T
+/// assignments, since a token picks distinct experts). T counts every position of the batch,
+/// padding included: it is known without reading the mask, which keeps the forward free of host reads.
+pub fn expert_capacity(num_tokens: usize, top_k: usize, num_experts: usize, factor: f64) -> usize {
+    let c = (factor * (num_tokens * top_k) as f64 / num_experts as f64).ceil();
+    (c as usize).clamp(1, num_tokens.max(1))
+}
+
+/// Where every (token, choice) goes, and which token fills every expert slot.
+#[derive(Debug, Clone)]
+pub struct DispatchPlan<B: Backend> {
+    /// Slots per expert C.
+    pub capacity: usize,
+    /// Number of experts E.
+    pub num_experts: usize,
+    /// For each expert-buffer row e·C + c: 1 + the token that fills it, 0 for an empty slot `[E·C]`.
+    pub src_rows: Tensor<B, 1, Int>,
+    /// For each assignment (choice j, token t): its expert-buffer row e·C + slot, or E·C when it
+    /// was dropped or the token is padding `[k, T]`.
+    pub combine_rows: Tensor<B, 2, Int>,
+    /// Whether assignment (j, t) got a slot `[k, T]`.
+    pub kept: Tensor<B, 2, Bool>,
+    /// First-choice assignments of real tokens per expert, before capacity `[E]`.
+    pub first_choice_counts: Tensor<B, 1, Int>,
+    /// Assignments of real tokens, k per token `[1]`.
+    pub num_routed: Tensor<B, 1, Int>,
+    /// Assignments that got a slot `[1]`.
+    pub num_kept: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> DispatchPlan<B> {
+    /// Plans the dispatch of T tokens with k choices each.
+    ///
+    /// # Shapes
+    /// - expert_ids: `[T, k]`, values in 0..E, best choice first
+    /// - real: `[T]`, true for tokens to route (`None`: all)
+    pub fn new(
+        expert_ids: Tensor<B, 2, Int>,
+        real: Option<Tensor<B, 1, Bool>>,
+        num_experts: usize,
+        capacity: Capacity,
+    ) -> Self {
+        let device = expert_ids.device();
+        let [t, k] = expert_ids.dims();
+        let e = num_experts;
+
+        let ids = expert_ids.swap_dims(0, 1).reshape([k * t]); // [k·T], choice-major
+        let experts = Tensor::<B, 1, Int>::arange(0..e as i64, &device).unsqueeze::<2>(); // [1, E]
+        let mut assign = ids.clone().unsqueeze_dim::<2>(1).equal(experts).int(); // [k·T, E]
+        if let Some(real) = real {
+            let real = real.int().unsqueeze::<2>().repeat_dim(0, k).reshape([k * t, 1]); // [k·T, 1]
+            assign = assign * real;
+        }
+        let routed = assign.clone().sum_dim(1).reshape([k * t]); // [k·T], 1 real / 0 padding
+
+        let capacity = match capacity {
+            Capacity::Fixed(c) => c,
+            Capacity::Dropless => {
+                // HOST SYNC: dropless routing sizes the expert buffer by the largest load, a value
+                // only the data knows; one scalar is read per forward.
+                let load = assign.clone().sum_dim(0).max().into_scalar(); // most assignments to one expert
+                let load: i64 = burn::tensor::ElementConversion::elem(load);
+                (load.max(1) as usize).min(t.max(1))
+            }
+        };
+
+        // Slot of each assignment within its expert: how many assignments of the same expert come
+        // before it in priority order.
+        let slot = (assign.clone().cumsum(0) * assign.clone()).sum_dim(1).reshape([k * t]) - 1; // [k·T]
+        let kept = slot.clone().lower_elem(capacity as i64).int() * routed.clone(); // [k·T], 0/1
+        let dropped_or_pad = kept.clone().equal_elem(0); // [k·T]
+        let empty_row = (e * capacity) as i64;
+        let rows = (ids * capacity as i64 + slot).mask_fill(dropped_or_pad, empty_row); // [k·T]
+
+        // Inverse map: buffer row -> 1 + token. Kept rows are unique, so the add is an assignment;
+        // dropped and padding assignments all land in the spare last row, which is cut off.
+        let tokens = Tensor::<B, 1, Int>::arange(1..t as i64 + 1, &device)
+            .unsqueeze::<2>()
+            .repeat_dim(0, k)
+            .reshape([k * t]); // [k·T], 1 + t
+        let src_rows = Tensor::<B, 1, Int>::zeros([e * capacity + 1], &device)
+            .scatter(0, rows.clone(), tokens, IndexingUpdateOp::Add)
+            .slice(0..e * capacity); // [E·C]
+
+        let first_choice_counts = assign.slice(0..t).sum_dim(0).reshape([e]); // [E]
+        Self {
+            capacity,
+            num_experts: e,
+            src_rows,
+            combine_rows: rows.reshape([k, t]),
+            kept: kept.clone().equal_elem(1).reshape([k, t]),
+            first_choice_counts,
+            num_routed: routed.sum(),
+            num_kept: kept.sum(),
+        }
+    }
+
+    /// Gathers each expert's tokens into its C slots; empty slots hold zeros.
+    ///
+    /// # Shapes
+    /// - x: `[T, d]`
+    /// - output: `[E, C, d]`
+    pub fn dispatch(&self, x: Tensor<B, 2>) -> Tensor<B, 3> {
+        let [_, d] = x.dims();
+        let zero = Tensor::<B, 2>::zeros([1, d], (&x.device(), x.dtype())); // [1, d]
+        Tensor::cat(vec![zero, x], 0) // [1 + T, d]; row 0 serves empty slots
+            .select(0, self.src_rows.clone()) // [E·C, d]
+            .reshape([self.num_experts, self.capacity, d])
+    }
+
+    /// Weights each kept assignment's expert output by its gate and sums a token's k choices.
+    /// A dropped assignment or a padding token contributes exactly zero.
+    ///
+    /// # Shapes
+    /// - expert_out: `[E, C, d]`
+    /// - gates: `[T, k]`, in the dtype of `expert_out`
+    /// - output: `[T, d]`
+    pub fn combine(&self, expert_out: Tensor<B, 3>, gates: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [e, c, d] = expert_out.dims();
+        let [k, t] = self.combine_rows.dims();
+        let zero = Tensor::<B, 2>::zeros([1, d], (&expert_out.device(), expert_out.dtype()));
+        let rows = Tensor::cat(vec![expert_out.reshape([e * c, d]), zero], 0); // [E·C + 1, d]
+        let picked = rows
+            .select(0, self.combine_rows.clone().reshape([k * t])) // [k·T, d]
+            .reshape([k, t, d]);
+        let weighted = picked * gates.swap_dims(0, 1).unsqueeze_dim::<3>(2); // [k, T, d]
+        if k == 1 {
+            weighted.reshape([t, d])
+        } else {
+            weighted.sum_dim(0).reshape([t, d])
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! # switch-moe
+//!
+//! A trainable Switch Transformer / Mixture-of-Experts layer for every [Burn](https://burn.dev)
+//! backend (Fedus, Zoph, Shazeer 2021, "Switch Transformers", arXiv 2101.03961).
+//!
+//! The feed-forward block of a Transformer layer becomes E expert FFNs and a router that sends
+//! each token to its top-1 (or top-k) expert: parameters grow with E while the compute per token
+//! stays that of one FFN. The pieces, top to bottom:
+//!
+//! - [`SwitchEncoder`]: a stack whose every `moe_every`-th layer is sparse;
+//! - [`SwitchEncoderLayer`]: attention + [`SwitchFeedForward`], burn-nn semantics;
+//! - [`SwitchFeedForward`]: [`Router`] → dispatch ([`dispatch`]) → [`Experts`] → combine;
+//! - [`MoeStats`]: the load-balancing loss, router z-loss and routing statistics each sparse layer
+//!   returns; the training code weights them (α = 0.01, β = 0.001) and adds them to its loss.
+//!
+//! The forward has no loop over experts or tokens and reads nothing back from the device (except
+//! one scalar in dropless mode).
+//!
+//! ## Shapes
+//! | symbol | meaning |
+//! |---|---|
+//! | B | batch size |
+//! | S | sequence length |
+//! | T | tokens in a forward call, B·S (padding included) |
+//! | E | experts |
+//! | k | experts per token (top-k) |
+//! | C | capacity: slots per expert |
+//! | d | model width `d_model` |
+//! | f | expert hidden width `d_ff` |
+//! | L | layers |
+#![warn(missing_docs)]
+
+#[cfg(any(feature = "ndarray", feature = "wgpu", feature = "tch"))]
+pub mod backend;
+pub mod dispatch;
+pub mod encoder;
+pub mod error;
+pub mod experts;
+pub mod init;
+pub mod layer;
+pub mod moe;
+pub mod router;
+pub mod stats;
+
+pub use dispatch::{Capacity, DispatchPlan};
+pub use encoder::{EncoderBlock, SwitchEncoder, SwitchEncoderConfig, SwitchEncoderInput};
+pub use error::{Error, Result};
+pub use experts::{ExpertActivation, Experts, ExpertsConfig};
+pub use layer::{SwitchEncoderLayer, SwitchEncoderLayerConfig};
+pub use moe::{SwitchFeedForward, SwitchFeedForwardConfig};
+pub use router::{Router, RouterConfig, Routing};
+pub use stats::{CombinedMoeStats, MoeStats};

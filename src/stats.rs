@@ -1,0 +1,157 @@
+//! The losses and routing statistics a Switch layer returns (Fedus et al. 2021, §2.2 eq. 4–6;
+//! Zoph et al. 2022, "ST-MoE", §3.1 eq. 5 for the router z-loss).
+//!
+//! With N real (non-padding) tokens, E experts, router probabilities p_i(x) and first choices:
+//! - f_i = (1/N) Σ_x 1{argmax p(x) = i}: the fraction of tokens whose first choice is expert i
+//!   (not differentiable);
+//! - P_i = (1/N) Σ_x p_i(x): the mean router probability of expert i (differentiable);
+//! - load-balancing loss = E · Σ_i f_i · P_i, equal to 1 at uniform routing and minimised by it
+//!   (eq. 4); the training loss adds α times it, α = 0.01 in the paper;
+//! - router z-loss = (1/N) Σ_x (log Σ_j exp(logit_j(x)))², which keeps logits small and the f32/f16
+//!   softmax stable; the training loss adds β times it, β = 0.001 in ST-MoE.
+//!
+//! f and P are computed per layer over all real tokens of the forward call. Several layers'
+//! losses are averaged ([`MoeStats::combine`]); tokens are never pooled across layers before f
+//! and P are formed, which would let layers with opposite imbalances cancel out.
+
+use burn::tensor::{Bool, DType, FloatDType, Tensor, backend::Backend};
+
+use crate::dispatch::DispatchPlan;
+use crate::router::Routing;
+
+/// Losses and routing statistics of one Switch layer's forward call.
+///
+/// The two losses are in the model's float type, ready to be added to the task loss; the
+/// diagnostics stay in f32 (counts beyond f16's range stay exact).
+#[derive(Debug, Clone)]
+pub struct MoeStats<B: Backend> {
+    /// Load-balancing loss E · Σ f_i · P_i `[1]`, differentiable through P. 1.0 at uniform routing.
+    pub aux_loss: Tensor<B, 1>,
+    /// Router z-loss, the mean squared logsumexp of the router logits `[1]`, differentiable.
+    pub z_loss: Tensor<B, 1>,
+    /// First-choice counts of real tokens per expert before capacity `[E]`, f32; they sum to N.
+    pub tokens_per_expert: Tensor<B, 1>,
+    /// Fraction of the real tokens' k·N assignments dropped for lack of capacity `[1]`, f32.
+    pub dropped_fraction: Tensor<B, 1>,
+    /// Mean entropy of the router distribution over real tokens, in nats `[1]`, f32; ln E at
+    /// uniform routing, 0 when every token is certain.
+    pub router_entropy: Tensor<B, 1>,
+}
+
+impl<B: Backend> MoeStats<B> {
+    /// Computes the statistics of one routing decision.
+    ///
+    /// # Shapes
+    /// - routing: logits and probs `[T, E]` (f32)
+    /// - real: `[T]`, true for non-padding tokens (`None`: all real)
+    pub fn new(
+        routing: &Routing<B>,
+        plan: &DispatchPlan<B>,
+        real: Option<Tensor<B, 1, Bool>>,
+        loss_dtype: FloatDType,
+    ) -> Self {
+        let [t, e] = routing.probs.dims();
+        let device = routing.probs.device();
+        let weight = match real {
+            Some(real) => real.float().cast(FloatDType::F32).reshape([t, 1]), // [T, 1]
+            None => Tensor::<B, 2>::ones([t, 1], (&device, DType::F32)),
+        };
+        let n = weight.clone().sum().clamp_min(1.0); // [1], N (≥ 1 so an all-padding batch gives 0s)
+
+        let counts = plan.first_choice_counts.clone().float().cast(FloatDType::F32); // [E]
+        let f = counts.clone() / n.clone(); // [E]
+        let p_mean = (routing.probs.clone() * weight.clone()).sum_dim(0).reshape([e]) / n.clone(); // [E]
+        let aux_loss = (f * p_mean).sum().mul_scalar(e as f64); // [1]
+
+        let lse = log_sum_exp(routing.logits.clone()); // [T, 1]
+        let z_loss = (lse.powi_scalar(2) * weight.clone()).sum() / n.clone(); // [1]
+
+        let p = routing.probs.clone().detach();
+        let plogp = p.clone() * p.clamp_min(1e-30).log(); // [T, E]; 0·log 0 = 0
+        let entropy = plogp.sum_dim(1).neg(); // [T, 1]
+        let router_entropy = (entropy * weight).sum() / n; // [1]
+
+        let routed = plan.num_routed.clone().float().cast(FloatDType::F32); // [1]
+        let kept = plan.num_kept.clone().float().cast(FloatDType::F32); // [1]
+        let dropped_fraction = (routed.clone() - kept) / routed.clamp_min(1.0); // [1]
+
+        Self {
+            aux_loss: aux_loss.cast(loss_dtype),
+            z_loss: z_loss.cast(loss_dtype),
+            tokens_per_expert: counts,
+            dropped_fraction,
+            router_entropy,
+        }
+    }
+
+    /// Number of experts E.
+    pub fn num_experts(&self) -> usize {
+        self.tokens_per_expert.dims()[0]
+    }
+
+    /// Per-expert token fractions f_i = count_i / N `[E]`, f32 (all 0 when N = 0).
+    pub fn token_fractions(&self) -> Tensor<B, 1> {
+        let n = self.tokens_per_expert.clone().sum().clamp_min(1.0); // [1]
+        self.tokens_per_expert.clone() / n
+    }
+
+    /// Combines the stats of several layers: losses are averaged over layers, counts and
+    /// diagnostics are kept per layer.
+    ///
+    /// # Panics
+    /// If `layers` is empty.
+    pub fn combine(layers: Vec<MoeStats<B>>) -> CombinedMoeStats<B> {
+        assert!(!layers.is_empty(), "MoeStats::combine: no layer stats to combine");
+        let mean = |parts: Vec<Tensor<B, 1>>| Tensor::cat(parts, 0).mean(); // [1]
+        let aux_loss = mean(layers.iter().map(|s| s.aux_loss.clone()).collect());
+        let z_loss = mean(layers.iter().map(|s| s.z_loss.clone()).collect());
+        CombinedMoeStats {
+            aux_loss,
+            z_loss,
+            layers,
+        }
+    }
+}
+
+/// Stats of several sparse layers: mean losses and the per-layer detail.
+#[derive(Debug, Clone)]
+pub struct CombinedMoeStats<B: Backend> {
+    /// Mean over layers of the load-balancing losses `[1]`.
+    pub aux_loss: Tensor<B, 1>,
+    /// Mean over layers of the router z-losses `[1]`.
+    pub z_loss: Tensor<B, 1>,
+    /// The per-layer stats, in layer order.
+    pub layers: Vec<MoeStats<B>>,
+}
+
+impl<B: Backend> CombinedMoeStats<B> {
+    /// Per-layer first-choice counts `[L, E]` (all layers must have the same E).
+    pub fn tokens_per_expert(&self) -> Tensor<B, 2> {
+        Tensor::stack(self.layers.iter().map(|s| s.tokens_per_expert.clone()).collect(), 0)
+    }
+
+    /// Per-layer token fractions `[L, E]`; each row sums to 1 (when the batch has a real token).
+    pub fn token_fractions(&self) -> Tensor<B, 2> {
+        Tensor::stack(self.layers.iter().map(|s| s.token_fractions()).collect(), 0)
+    }
+
+    /// Per-layer dropped fractions `[L]`.
+    pub fn dropped_fraction(&self) -> Tensor<B, 1> {
+        Tensor::cat(self.layers.iter().map(|s| s.dropped_fraction.clone()).collect(), 0)
+    }
+
+    /// Per-layer mean router entropies `[L]`.
+    pub fn router_entropy(&self) -> Tensor<B, 1> {
+        Tensor::cat(self.layers.iter().map(|s| s.router_entropy.clone()).collect(), 0)
+    }
+}
+
+/// log Σ_j exp(x_j) along the last dim, stabilised by the (constant) row maximum.
+///
+/// # Shapes
+/// - x: `[T, E]`
+/// - output: `[T, 1]`
+pub fn log_sum_exp<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let max = x.clone().detach().max_dim(1); // [T, 1]
+    (x - max.clone()).exp().sum_dim(1).log() + max // [T, 1]
+}
