@@ -79,7 +79,11 @@ impl<B: Backend> DispatchPlan<B> {
         let experts = Tensor::<B, 1, Int>::arange(0..e as i64, &device).unsqueeze::<2>(); // [1, E]
         let mut assign = ids.clone().unsqueeze_dim::<2>(1).equal(experts).int(); // [k·T, E]
         if let Some(real) = real {
-            let real = real.int().unsqueeze::<2>().repeat_dim(0, k).reshape([k * t, 1]); // [k·T, 1]
+            let real = real
+                .int()
+                .unsqueeze::<2>()
+                .repeat_dim(0, k)
+                .reshape([k * t, 1]); // [k·T, 1]
             assign = assign * real;
         }
         let routed = assign.clone().sum_dim(1).reshape([k * t]); // [k·T], 1 real / 0 padding
@@ -97,7 +101,10 @@ impl<B: Backend> DispatchPlan<B> {
 
         // Slot of each assignment within its expert: how many assignments of the same expert come
         // before it in priority order.
-        let slot = (assign.clone().cumsum(0) * assign.clone()).sum_dim(1).reshape([k * t]) - 1; // [k·T]
+        let slot = (assign.clone().cumsum(0) * assign.clone())
+            .sum_dim(1)
+            .reshape([k * t])
+            - 1; // [k·T]
         let kept = slot.clone().lower_elem(capacity as i64).int() * routed.clone(); // [k·T], 0/1
         let dropped_or_pad = kept.clone().equal_elem(0); // [k·T]
         let empty_row = (e * capacity) as i64;

@@ -182,9 +182,7 @@ impl SwitchEncoderConfig {
                 ),
             ));
         }
-        self.layer_config()
-            .validate()
-            .map_err(|e| e.within(C, &[]))
+        self.layer_config().validate().map_err(|e| e.within(C, &[]))
     }
 
     /// Builds the encoder. Panics with the [`validate`](Self::validate) message on a bad config.

@@ -89,7 +89,12 @@ pub(crate) mod check {
     /// A finite value > 0.
     pub fn positive_f64(config: &'static str, field: &'static str, value: f64) -> Result<()> {
         if !(value.is_finite() && value > 0.0) {
-            return Err(Error::config(config, field, value, "must be finite and > 0"));
+            return Err(Error::config(
+                config,
+                field,
+                value,
+                "must be finite and > 0",
+            ));
         }
         Ok(())
     }

@@ -81,7 +81,10 @@ pub struct Experts<B: Backend> {
     pub dropout: Dropout,
 }
 
-pub(crate) fn validate_activation(config: &'static str, activation: &ActivationConfig) -> crate::Result<()> {
+pub(crate) fn validate_activation(
+    config: &'static str,
+    activation: &ActivationConfig,
+) -> crate::Result<()> {
     match ExpertActivation::from_config(activation) {
         Some(_) => Ok(()),
         None => Err(Error::config(
@@ -120,8 +123,7 @@ impl ExpertsConfig {
             w_out: Param::from_tensor(w_out),
             b_in: self.bias.then(|| bias(f)),
             b_out: self.bias.then(|| bias(d)),
-            activation: ExpertActivation::from_config(&self.activation)
-                .expect("validated above"),
+            activation: ExpertActivation::from_config(&self.activation).expect("validated above"),
             dropout: DropoutConfig::new(self.dropout).init(),
         }
     }

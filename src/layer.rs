@@ -116,7 +116,13 @@ impl SwitchEncoderLayerConfig {
     /// Checks every field; the error names the field and its value.
     pub fn validate(&self) -> crate::Result<()> {
         const C: &str = "SwitchEncoderLayerConfig";
-        validate_attention(C, self.d_model, self.n_heads, self.dropout, self.layer_norm_eps)?;
+        validate_attention(
+            C,
+            self.d_model,
+            self.n_heads,
+            self.dropout,
+            self.layer_norm_eps,
+        )?;
         self.moe_config()
             .validate()
             .map_err(|e| e.within(C, &[("dropout", "expert_dropout")]))

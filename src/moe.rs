@@ -162,7 +162,10 @@ impl<B: Backend> SwitchFeedForward<B> {
     ) -> (Tensor<B, 3>, MoeStats<B>) {
         let [batch, seq, d] = x.dims();
         let t = batch * seq;
-        assert!(t > 0, "SwitchFeedForward: empty input [B={batch}, S={seq}, d={d}]");
+        assert!(
+            t > 0,
+            "SwitchFeedForward: empty input [B={batch}, S={seq}, d={d}]"
+        );
         if let Some(mask) = &mask_pad {
             assert_eq!(
                 mask.dims(),

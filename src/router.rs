@@ -83,7 +83,12 @@ impl RouterConfig {
             ));
         }
         if !(self.jitter.is_finite() && (0.0..1.0).contains(&self.jitter)) {
-            return Err(crate::Error::config(C, "jitter", self.jitter, "must lie in [0, 1)"));
+            return Err(crate::Error::config(
+                C,
+                "jitter",
+                self.jitter,
+                "must lie in [0, 1)",
+            ));
         }
         check::positive_f64(C, "init_scale", self.init_scale)
     }

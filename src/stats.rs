@@ -58,9 +58,16 @@ impl<B: Backend> MoeStats<B> {
         };
         let n = weight.clone().sum().clamp_min(1.0); // [1], N (≥ 1 so an all-padding batch gives 0s)
 
-        let counts = plan.first_choice_counts.clone().float().cast(FloatDType::F32); // [E]
+        let counts = plan
+            .first_choice_counts
+            .clone()
+            .float()
+            .cast(FloatDType::F32); // [E]
         let f = counts.clone() / n.clone(); // [E]
-        let p_mean = (routing.probs.clone() * weight.clone()).sum_dim(0).reshape([e]) / n.clone(); // [E]
+        let p_mean = (routing.probs.clone() * weight.clone())
+            .sum_dim(0)
+            .reshape([e])
+            / n.clone(); // [E]
         let aux_loss = (f * p_mean).sum().mul_scalar(e as f64); // [1]
 
         let lse = log_sum_exp(routing.logits.clone()); // [T, 1]
@@ -101,7 +108,10 @@ impl<B: Backend> MoeStats<B> {
     /// # Panics
     /// If `layers` is empty.
     pub fn combine(layers: Vec<MoeStats<B>>) -> CombinedMoeStats<B> {
-        assert!(!layers.is_empty(), "MoeStats::combine: no layer stats to combine");
+        assert!(
+            !layers.is_empty(),
+            "MoeStats::combine: no layer stats to combine"
+        );
         let mean = |parts: Vec<Tensor<B, 1>>| Tensor::cat(parts, 0).mean(); // [1]
         let aux_loss = mean(layers.iter().map(|s| s.aux_loss.clone()).collect());
         let z_loss = mean(layers.iter().map(|s| s.z_loss.clone()).collect());
@@ -127,7 +137,13 @@ pub struct CombinedMoeStats<B: Backend> {
 impl<B: Backend> CombinedMoeStats<B> {
     /// Per-layer first-choice counts `[L, E]` (all layers must have the same E).
     pub fn tokens_per_expert(&self) -> Tensor<B, 2> {
-        Tensor::stack(self.layers.iter().map(|s| s.tokens_per_expert.clone()).collect(), 0)
+        Tensor::stack(
+            self.layers
+                .iter()
+                .map(|s| s.tokens_per_expert.clone())
+                .collect(),
+            0,
+        )
     }
 
     /// Per-layer token fractions `[L, E]`; each row sums to 1 (when the batch has a real token).
@@ -137,12 +153,24 @@ impl<B: Backend> CombinedMoeStats<B> {
 
     /// Per-layer dropped fractions `[L]`.
     pub fn dropped_fraction(&self) -> Tensor<B, 1> {
-        Tensor::cat(self.layers.iter().map(|s| s.dropped_fraction.clone()).collect(), 0)
+        Tensor::cat(
+            self.layers
+                .iter()
+                .map(|s| s.dropped_fraction.clone())
+                .collect(),
+            0,
+        )
     }
 
     /// Per-layer mean router entropies `[L]`.
     pub fn router_entropy(&self) -> Tensor<B, 1> {
-        Tensor::cat(self.layers.iter().map(|s| s.router_entropy.clone()).collect(), 0)
+        Tensor::cat(
+            self.layers
+                .iter()
+                .map(|s| s.router_entropy.clone())
+                .collect(),
+            0,
+        )
     }
 }
 

@@ -1,0 +1,70 @@
+//! Helpers shared by the integration tests: deterministic host data and host read-back.
+#![allow(dead_code)]
+
+use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+
+pub use switch_moe::backend::{TestAutodiffBackend, TestBackend};
+
+pub type B = TestBackend;
+pub type AB = TestAutodiffBackend;
+
+pub fn device() -> <B as burn::tensor::backend::BackendTypes>::Device {
+    switch_moe::backend::default_device()
+}
+
+/// Deterministic test data: the crate's seedable host generator plus a vector helper.
+pub struct Rng(switch_moe::init::HostRng);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(switch_moe::init::HostRng::new(seed))
+    }
+
+    /// Uniform in (0, 1].
+    pub fn uniform(&mut self) -> f64 {
+        self.0.uniform()
+    }
+
+    /// `n` normals with standard deviation `std`.
+    pub fn normals(&mut self, n: usize, std: f64) -> Vec<f32> {
+        (0..n).map(|_| (self.0.normal() * std) as f32).collect()
+    }
+}
+
+pub fn tensor<Bk: Backend, const D: usize>(
+    data: Vec<f32>,
+    shape: [usize; D],
+    device: &Bk::Device,
+) -> Tensor<Bk, D> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+pub fn bool_tensor<Bk: Backend, const D: usize>(
+    data: Vec<bool>,
+    shape: [usize; D],
+    device: &Bk::Device,
+) -> Tensor<Bk, D, Bool> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+pub fn host<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data")
+}
+
+pub fn host_int<Bk: Backend, const D: usize>(t: Tensor<Bk, D, Int>) -> Vec<i64> {
+    t.into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .expect("int data")
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
