@@ -169,3 +169,38 @@ impl<B: Backend> DispatchPlan<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::TestBackend as B;
+    use burn::tensor::TensorData;
+
+    fn ints<const D: usize>(t: Tensor<B, D, Int>) -> Vec<i64> {
+        t.into_data().convert::<i64>().to_vec().unwrap()
+    }
+
+    #[test]
+    fn slots_follow_priority_order_by_hand() {
+        let device = Default::default();
+        // T = 4 tokens, k = 2, E = 3, C = 2. First choices 0, 0, 1, 0; second 1, 2, 0, 1.
+        let ids = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(vec![0i64, 1, 0, 2, 1, 0, 0, 1], [4, 2]),
+            &device,
+        );
+        let plan = DispatchPlan::new(ids, None, 3, Capacity::Fixed(2));
+        // First choices claim first: expert 0 gets tokens 0, 1 (token 3 dropped), expert 1
+        // token 2. Second choices: expert 1 gets token 0 (slot 1), token 3's is dropped (full),
+        // expert 2 gets token 1, expert 0 is full for token 2.
+        // Rows e·C + slot, 6 = dropped.
+        assert_eq!(
+            ints(plan.combine_rows.clone()),
+            vec![0, 1, 2, 6, 3, 4, 6, 6]
+        );
+        // Row -> 1 + token: expert 0 [t0, t1], expert 1 [t2, t0], expert 2 [t1, empty].
+        assert_eq!(ints(plan.src_rows.clone()), vec![1, 2, 3, 1, 2, 0]);
+        assert_eq!(ints(plan.first_choice_counts.clone()), vec![3, 1, 0]);
+        assert_eq!(ints(plan.num_routed.clone()), vec![8]);
+        assert_eq!(ints(plan.num_kept.clone()), vec![5]);
+    }
+}

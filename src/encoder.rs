@@ -80,6 +80,9 @@ pub struct SwitchEncoderConfig {
 }
 
 /// One layer of a [`SwitchEncoder`].
+// The variants differ in size, but layers live in a `Vec` of a handful of elements and Burn 0.21
+// has no `Module` impl for `Box`, so boxing is not an option.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum EncoderBlock<B: Backend> {
     /// burn-nn's dense Transformer encoder layer.
@@ -132,7 +135,7 @@ impl<B: Backend> SwitchEncoderInput<B> {
 impl SwitchEncoderConfig {
     /// Whether layer `i` (0-based) is sparse.
     pub fn is_sparse(&self, i: usize) -> bool {
-        (i + 1) % self.moe_every == 0
+        (i + 1).is_multiple_of(self.moe_every)
     }
 
     /// The config of one sparse layer.

@@ -63,7 +63,7 @@ impl Error {
     }
 }
 
-/// `Result` with the crate's [`Error`].
+/// `Result` with the crate's [`Error`](enum@Error).
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Shared checks used by the configs' `validate()`.

@@ -163,7 +163,7 @@ pub(crate) fn validate_attention(
 ) -> crate::Result<()> {
     check::positive(config, "d_model", d_model)?;
     check::positive(config, "n_heads", n_heads)?;
-    if d_model % n_heads != 0 {
+    if !d_model.is_multiple_of(n_heads) {
         return Err(Error::config(
             config,
             "n_heads",

@@ -86,9 +86,10 @@ fn padding_never_takes_a_slot_from_a_real_token() {
 #[test]
 fn capacity_formula() {
     use switch_moe::dispatch::expert_capacity;
-    // ceil(1.25 * 2048 * 1 / 8) = 320; ceil(2.0 * 10 * 2 / 3) = 14; small T is clamped to T.
+    // ceil(1.25 * 2048 * 1 / 8) = 320.
     assert_eq!(expert_capacity(2048, 1, 8, 1.25), 320);
-    assert_eq!(expert_capacity(10, 2, 3, 2.0), 14.min(10));
+    // ceil(2.0 * 10 * 2 / 3) = 14 > T = 10: clamped to 10.
+    assert_eq!(expert_capacity(10, 2, 3, 2.0), 10);
     assert_eq!(expert_capacity(3, 1, 64, 1.0), 1);
     assert_eq!(expert_capacity(4, 1, 1, 8.0), 4);
 }

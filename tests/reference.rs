@@ -40,8 +40,8 @@ impl HostMoe {
         let mut h = vec![0f64; f];
         for (j, hj) in h.iter_mut().enumerate() {
             let mut s = self.b_in.as_ref().map_or(0.0, |b| b[e * f + j] as f64);
-            for i in 0..d {
-                s += x[i] as f64 * self.w_in[(e * d + i) * f + j] as f64;
+            for (i, xi) in x.iter().enumerate() {
+                s += *xi as f64 * self.w_in[(e * d + i) * f + j] as f64;
             }
             *hj = s.max(0.0); // ReLU
         }

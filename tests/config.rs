@@ -1,0 +1,100 @@
+//! Config validation: each bad value is named with its field and value, and `init` panics with
+//! the same message.
+
+use switch_moe::{
+    Error, RouterConfig, SwitchEncoderConfig, SwitchEncoderLayerConfig, SwitchFeedForwardConfig,
+};
+
+fn field_and_value(result: switch_moe::Result<()>) -> (String, String, String) {
+    match result {
+        Err(e @ Error::Config { .. }) => {
+            let msg = e.to_string();
+            let Error::Config { field, value, .. } = e;
+            (field.to_string(), value, msg)
+        }
+        Ok(()) => panic!("expected a config error"),
+    }
+}
+
+#[test]
+fn moe_config_errors_name_field_and_value() {
+    let base = || SwitchFeedForwardConfig::new(8, 16, 4);
+    assert!(base().validate().is_ok());
+    let cases = [
+        (
+            SwitchFeedForwardConfig::new(8, 16, 0).validate(),
+            "num_experts",
+            "0",
+        ),
+        (base().with_top_k(0).validate(), "top_k", "0"),
+        (base().with_top_k(5).validate(), "top_k", "5"),
+        (
+            base().with_capacity_factor(0.0).validate(),
+            "capacity_factor",
+            "0",
+        ),
+        (
+            base().with_capacity_factor(-1.5).validate(),
+            "capacity_factor",
+            "-1.5",
+        ),
+        (
+            base().with_eval_capacity_factor(0.0).validate(),
+            "eval_capacity_factor",
+            "0",
+        ),
+        (base().with_dropout(1.0).validate(), "dropout", "1"),
+        (base().with_dropout(-0.1).validate(), "dropout", "-0.1"),
+        (base().with_jitter(1.0).validate(), "jitter", "1"),
+        (base().with_init_scale(0.0).validate(), "init_scale", "0"),
+        (
+            base()
+                .with_activation(burn::nn::activation::ActivationConfig::Tanh)
+                .validate(),
+            "activation",
+            "Tanh",
+        ),
+    ];
+    for (result, field, value) in cases {
+        let (f, v, msg) = field_and_value(result);
+        assert_eq!((f.as_str(), v.as_str()), (field, value), "{msg}");
+        assert!(msg.contains("SwitchFeedForwardConfig"), "{msg}");
+        assert!(msg.contains(field) && msg.contains(value), "{msg}");
+    }
+}
+
+#[test]
+fn layer_and_encoder_config_errors() {
+    let (f, v, msg) = field_and_value(SwitchEncoderLayerConfig::new(10, 16, 3, 4).validate());
+    assert_eq!((f.as_str(), v.as_str()), ("n_heads", "3"), "{msg}");
+    assert!(msg.contains("d_model = 10"), "{msg}");
+
+    let layer = || SwitchEncoderLayerConfig::new(8, 16, 2, 4);
+    let (f, v, _) = field_and_value(layer().with_dropout(1.2).validate());
+    assert_eq!((f.as_str(), v.as_str()), ("dropout", "1.2"));
+    let (f, v, _) = field_and_value(layer().with_expert_dropout(1.0).validate());
+    assert_eq!((f.as_str(), v.as_str()), ("expert_dropout", "1"));
+    let (f, _, _) = field_and_value(layer().with_top_k(5).validate());
+    assert_eq!(f, "top_k");
+
+    let (f, v, msg) = field_and_value(SwitchEncoderConfig::new(8, 16, 2, 1, 4).validate());
+    assert_eq!((f.as_str(), v.as_str()), ("moe_every", "2"), "{msg}");
+    let (f, v, _) = field_and_value(
+        SwitchEncoderConfig::new(8, 16, 2, 2, 0)
+            .with_moe_every(1)
+            .validate(),
+    );
+    assert_eq!((f.as_str(), v.as_str()), ("num_experts", "0"));
+    let (f, _, _) = field_and_value(SwitchEncoderConfig::new(8, 16, 2, 0, 4).validate());
+    assert_eq!(f, "n_layers");
+    assert!(RouterConfig::new(8, 4).with_top_k(4).validate().is_ok());
+}
+
+#[test]
+#[should_panic(expected = "invalid config: SwitchFeedForwardConfig.top_k = 0")]
+fn init_panics_with_the_validate_message() {
+    let device = Default::default();
+    let _ = SwitchFeedForwardConfig::new(8, 16, 4)
+        .with_top_k(0)
+        .init::<switch_moe::backend::TestBackend>(&device);
+}
