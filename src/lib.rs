@@ -42,6 +42,11 @@ pub mod moe;
 pub mod router;
 pub mod stats;
 
+/// The README's code blocks, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use dispatch::{Capacity, DispatchPlan};
 pub use encoder::{EncoderBlock, SwitchEncoder, SwitchEncoderConfig, SwitchEncoderInput};
 pub use error::{Error, Result};
