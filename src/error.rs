@@ -1,12 +1,16 @@
 //! The crate's one error type.
 //!
 //! Configuration problems are reported by every config's `validate()`; `init` panics with the same
-//! message, as Burn's own configs do for invalid shapes.
+//! message, as Burn's own configs do for invalid shapes. Data, tokenizer, checkpoint and
+//! command-line problems are returned as values; each message names the file or flag and says what
+//! to do.
+
+use std::path::PathBuf;
 
 use thiserror::Error;
 
 /// Errors reported by switch-moe.
-#[derive(Debug, Clone, PartialEq, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum Error {
     /// A configuration field holds a value the module cannot be built with.
     #[error("invalid config: {config}.{field} = {value}: {reason}")]
@@ -19,6 +23,33 @@ pub enum Error {
         value: String,
         /// What is expected instead.
         reason: String,
+    },
+    /// A file or directory could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done, e.g. "cannot read".
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// The training corpus is missing, empty, not UTF-8 or too short.
+    #[error("{0}")]
+    Data(String),
+    /// A tokenizer could not be trained, loaded or saved.
+    #[error("{0}")]
+    Tokenizer(String),
+    /// A checkpoint or artifact directory cannot be used.
+    #[error("{0}")]
+    Checkpoint(String),
+    /// A command-line flag holds an unusable value.
+    #[error("invalid value for {flag}: {message}")]
+    Flag {
+        /// The flag, e.g. `--seq-len`.
+        flag: &'static str,
+        /// What is wrong and what to do.
+        message: String,
     },
 }
 
@@ -40,6 +71,19 @@ impl Error {
 }
 
 impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source: std::sync::Arc::new(source),
+        }
+    }
+
     /// The same error reported under an enclosing config (e.g. a layer config validating the
     /// block config it builds), with the field renamed where the enclosing config names it
     /// differently (`renames`: pairs of inner name, outer name).
@@ -59,6 +103,7 @@ impl Error {
                 value,
                 reason,
             },
+            other => other,
         }
     }
 }

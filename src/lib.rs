@@ -32,15 +32,19 @@
 
 #[cfg(any(feature = "ndarray", feature = "wgpu", feature = "tch"))]
 pub mod backend;
+pub mod data;
 pub mod dispatch;
 pub mod encoder;
 pub mod error;
 pub mod experts;
+pub mod generate;
 pub mod init;
 pub mod layer;
+pub mod lm;
 pub mod moe;
 pub mod router;
 pub mod stats;
+pub mod train;
 
 /// The README's code blocks, compiled as doc tests.
 #[cfg(doctest)]
@@ -52,6 +56,7 @@ pub use encoder::{EncoderBlock, SwitchEncoder, SwitchEncoderConfig, SwitchEncode
 pub use error::{Error, Result};
 pub use experts::{ExpertActivation, Experts, ExpertsConfig};
 pub use layer::{SwitchEncoderLayer, SwitchEncoderLayerConfig};
+pub use lm::{LmBatch, LmOutput, SwitchLm, SwitchLmConfig};
 pub use moe::{SwitchFeedForward, SwitchFeedForwardConfig};
 pub use router::{Router, RouterConfig, Routing};
 pub use stats::{CombinedMoeStats, MoeStats};

@@ -36,6 +36,8 @@ pub struct MoeStats<B: Backend> {
     /// Mean entropy of the router distribution over real tokens, in nats `[1]`, f32; ln E at
     /// uniform routing, 0 when every token is certain.
     pub router_entropy: Tensor<B, 1>,
+    /// Mean router probability P_i of each expert over real tokens `[E]`, f32, detached.
+    pub router_prob_mean: Tensor<B, 1>,
 }
 
 impl<B: Backend> MoeStats<B> {
@@ -68,7 +70,7 @@ impl<B: Backend> MoeStats<B> {
             .sum_dim(0)
             .reshape([e])
             / n.clone(); // [E]
-        let aux_loss = (f * p_mean).sum().mul_scalar(e as f64); // [1]
+        let aux_loss = (f * p_mean.clone()).sum().mul_scalar(e as f64); // [1]
 
         let lse = log_sum_exp(routing.logits.clone()); // [T, 1]
         let z_loss = (lse.powi_scalar(2) * weight.clone()).sum() / n.clone(); // [1]
@@ -88,6 +90,7 @@ impl<B: Backend> MoeStats<B> {
             tokens_per_expert: counts,
             dropped_fraction,
             router_entropy,
+            router_prob_mean: p_mean.detach(),
         }
     }
 
@@ -157,6 +160,17 @@ impl<B: Backend> CombinedMoeStats<B> {
             self.layers
                 .iter()
                 .map(|s| s.dropped_fraction.clone())
+                .collect(),
+            0,
+        )
+    }
+
+    /// Per-layer mean router probabilities `[L, E]`.
+    pub fn router_prob_mean(&self) -> Tensor<B, 2> {
+        Tensor::stack(
+            self.layers
+                .iter()
+                .map(|s| s.router_prob_mean.clone())
                 .collect(),
             0,
         )

@@ -7,10 +7,12 @@ use switch_moe::{
 
 fn field_and_value(result: switch_moe::Result<()>) -> (String, String, String) {
     match result {
-        Err(e @ Error::Config { .. }) => {
+        Err(e) => {
             let msg = e.to_string();
-            let Error::Config { field, value, .. } = e;
-            (field.to_string(), value, msg)
+            match e {
+                Error::Config { field, value, .. } => (field.to_string(), value, msg),
+                other => panic!("expected a config error, got {other}"),
+            }
         }
         Ok(()) => panic!("expected a config error"),
     }

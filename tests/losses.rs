@@ -86,6 +86,7 @@ fn combine_averages_losses_and_keeps_layers() {
         tokens_per_expert: Tensor::from_floats(counts, &device),
         dropped_fraction: one(dropped),
         router_entropy: one(0.5),
+        router_prob_mean: Tensor::from_floats([0.5, 0.5], &device),
     };
     // Layer 1 sends everything to expert 0, layer 2 to expert 1: pooled counts would look
     // balanced, the per-layer ones do not.

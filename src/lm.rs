@@ -1,0 +1,192 @@
+//! A decoder-only Switch language model: token + learned position embeddings, a causal
+//! [`SwitchEncoder`] (pre-norm), a final LayerNorm and a linear LM head.
+//!
+//! Its training loss is cross-entropy + α · mean load-balancing loss + β · mean z-loss over the
+//! sparse layers (Switch paper §2.2, α = 0.01; ST-MoE §3.1, β = 0.001).
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::attention::generate_autoregressive_mask;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::{Int, Tensor, backend::Backend};
+
+use crate::encoder::{SwitchEncoder, SwitchEncoderConfig, SwitchEncoderInput};
+use crate::error::{Error, check};
+use crate::stats::{CombinedMoeStats, MoeStats};
+
+/// Configuration of a [`SwitchLm`].
+#[derive(Config, Debug)]
+pub struct SwitchLmConfig {
+    /// Vocabulary size V.
+    pub vocab_size: usize,
+    /// Longest context S_max (size of the position table).
+    pub max_seq_len: usize,
+    /// The encoder stack (built with causal attention, pre-norm recommended).
+    pub encoder: SwitchEncoderConfig,
+    /// Weight α of the load-balancing loss. Default 0.01 (paper §2.2).
+    #[config(default = 0.01)]
+    pub aux_coef: f64,
+    /// Weight β of the router z-loss. Default 0.001 (ST-MoE §3.1).
+    #[config(default = 0.001)]
+    pub z_coef: f64,
+}
+
+/// A Switch Transformer language model.
+#[derive(Module, Debug)]
+pub struct SwitchLm<B: Backend> {
+    /// Token embeddings `[V, d]`.
+    pub token_embedding: Embedding<B>,
+    /// Learned position embeddings `[S_max, d]`.
+    pub position_embedding: Embedding<B>,
+    /// The causal encoder stack.
+    pub encoder: SwitchEncoder<B>,
+    /// Final LayerNorm (the stack is pre-norm and ends un-normalised).
+    pub norm: LayerNorm<B>,
+    /// LM head d → V.
+    pub head: Linear<B>,
+    /// Longest context.
+    pub max_seq_len: usize,
+    /// Weight α of the load-balancing loss.
+    pub aux_coef: f64,
+    /// Weight β of the router z-loss.
+    pub z_coef: f64,
+}
+
+/// A batch of token windows: inputs and next-token targets.
+#[derive(Debug, Clone)]
+pub struct LmBatch<B: Backend> {
+    /// Input tokens `[B, S]`.
+    pub inputs: Tensor<B, 2, Int>,
+    /// Target tokens (inputs shifted by one) `[B, S]`.
+    pub targets: Tensor<B, 2, Int>,
+}
+
+/// The losses of one batch, kept apart so that metrics can show each, and the routing stats.
+#[derive(Debug, Clone)]
+pub struct LmOutput<B: Backend> {
+    /// Total loss ce + α·aux + β·z `[1]`.
+    pub loss: Tensor<B, 1>,
+    /// Cross-entropy (nats per token) `[1]`.
+    pub cross_entropy: Tensor<B, 1>,
+    /// Routing losses and per-layer stats of the sparse layers.
+    pub moe: CombinedMoeStats<B>,
+    /// Tokens in the batch.
+    pub num_tokens: usize,
+}
+
+impl<B: Backend> LmOutput<B> {
+    /// The same values cut from the autodiff graph (what metrics keep after the backward pass).
+    pub fn detach(self) -> Self {
+        let moe = self.moe;
+        let layers = moe
+            .layers
+            .into_iter()
+            .map(|s| MoeStats {
+                aux_loss: s.aux_loss.detach(),
+                z_loss: s.z_loss.detach(),
+                tokens_per_expert: s.tokens_per_expert.detach(),
+                dropped_fraction: s.dropped_fraction.detach(),
+                router_entropy: s.router_entropy.detach(),
+                router_prob_mean: s.router_prob_mean.detach(),
+            })
+            .collect();
+        Self {
+            loss: self.loss.detach(),
+            cross_entropy: self.cross_entropy.detach(),
+            moe: CombinedMoeStats {
+                aux_loss: moe.aux_loss.detach(),
+                z_loss: moe.z_loss.detach(),
+                layers,
+            },
+            num_tokens: self.num_tokens,
+        }
+    }
+}
+
+impl SwitchLmConfig {
+    /// Checks every field; the error names the field and its value.
+    pub fn validate(&self) -> crate::Result<()> {
+        const C: &str = "SwitchLmConfig";
+        check::positive(C, "vocab_size", self.vocab_size)?;
+        check::positive(C, "max_seq_len", self.max_seq_len)?;
+        for (field, value) in [("aux_coef", self.aux_coef), ("z_coef", self.z_coef)] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(Error::config(C, field, value, "must be finite and ≥ 0"));
+            }
+        }
+        self.encoder.validate().map_err(|e| e.within(C, &[]))
+    }
+
+    /// Builds the model. Panics with the [`validate`](Self::validate) message on a bad config.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> SwitchLm<B> {
+        if let Err(e) = self.validate() {
+            panic!("{e}");
+        }
+        let d = self.encoder.d_model;
+        SwitchLm {
+            token_embedding: EmbeddingConfig::new(self.vocab_size, d).init(device),
+            position_embedding: EmbeddingConfig::new(self.max_seq_len, d).init(device),
+            encoder: self.encoder.init(device),
+            norm: LayerNormConfig::new(d)
+                .with_epsilon(self.encoder.layer_norm_eps)
+                .init(device),
+            head: LinearConfig::new(d, self.vocab_size)
+                .with_bias(false)
+                .init(device),
+            max_seq_len: self.max_seq_len,
+            aux_coef: self.aux_coef,
+            z_coef: self.z_coef,
+        }
+    }
+}
+
+impl<B: Backend> SwitchLm<B> {
+    /// Next-token logits with causal attention, and the sparse layers' stats.
+    ///
+    /// # Shapes
+    /// - tokens: `[B, S]`, S ≤ max_seq_len
+    /// - output: logits `[B, S, V]`
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 3>, Vec<MoeStats<B>>) {
+        let [batch, seq] = tokens.dims();
+        assert!(
+            seq <= self.max_seq_len,
+            "SwitchLm: sequence length {seq} exceeds max_seq_len {}",
+            self.max_seq_len
+        );
+        let device = tokens.device();
+        let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
+            .unsqueeze::<2>()
+            .repeat_dim(0, batch); // [B, S]
+        let x = self.token_embedding.forward(tokens) + self.position_embedding.forward(positions); // [B, S, d]
+        let mask = generate_autoregressive_mask::<B>(batch, seq, &device); // [B, S, S]
+        let (x, stats) = self
+            .encoder
+            .forward(SwitchEncoderInput::new(x).mask_attn(mask));
+        let logits = self.head.forward(self.norm.forward(x)); // [B, S, V]
+        (logits, stats)
+    }
+
+    /// The training objective of a batch: ce + α·mean aux + β·mean z.
+    pub fn forward_step(&self, batch: LmBatch<B>) -> LmOutput<B> {
+        let [b, s] = batch.inputs.dims();
+        let (logits, stats) = self.forward(batch.inputs);
+        let vocab = logits.dims()[2];
+        let ce = CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(
+                logits.reshape([b * s, vocab]),
+                batch.targets.reshape([b * s]),
+            );
+        let moe = MoeStats::combine(stats);
+        let loss = ce.clone()
+            + moe.aux_loss.clone().mul_scalar(self.aux_coef)
+            + moe.z_loss.clone().mul_scalar(self.z_coef);
+        LmOutput {
+            loss,
+            cross_entropy: ce,
+            moe,
+            num_tokens: b * s,
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Training a [`SwitchLm`](crate::SwitchLm) with burn-train's Learner: the train/inference steps,
+//! routing metrics, the learning-rate schedule, progress output and the run itself.
+
+mod logger;
+mod metrics;
+mod renderer;
+mod routing_csv;
+mod run;
+mod schedule;
+mod step;
+
+pub use logger::ResumeAwareLogger;
+pub use metrics::{StatKind, StatMetric};
+pub use renderer::PlainRenderer;
+pub use routing_csv::{ROUTING_CSV, RoutingCsvMetric};
+pub use run::{
+    ArtifactDir, TokenizerKind, TrainOptions, TrainSummary, TrainingConfig, epoch_metric,
+    load_trained, train,
+};
+pub use schedule::WarmupCosineLr;
+pub use step::LmStats;

@@ -1,0 +1,187 @@
+//! The training run end to end on a slice of tiny-shakespeare: Learner, metrics, checkpoints,
+//! routing CSV, resume, tokenizer round trip and generation from the artifact directory.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::config::Config;
+use common::*;
+use switch_moe::data::TextTokenizer;
+use switch_moe::generate::{SamplingConfig, generate};
+use switch_moe::train::{
+    TokenizerKind, TrainOptions, TrainingConfig, epoch_metric, load_trained, train,
+};
+use switch_moe::{SwitchEncoderConfig, SwitchLmConfig};
+
+const CORPUS: &str = "../shared/data/tinyshakespeare.txt";
+const EXPERTS: usize = 4;
+
+/// A scratch directory under the target directory, emptied first.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join("switch-moe-tests").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The first `chars` characters of the corpus in a file of their own.
+fn corpus_slice(dir: &Path, chars: usize) -> PathBuf {
+    let text = std::fs::read_to_string(CORPUS).expect("../shared/data/tinyshakespeare.txt");
+    let slice: String = text.chars().take(chars).collect();
+    let file = dir.join("corpus.txt");
+    std::fs::write(&file, slice).unwrap();
+    file
+}
+
+fn tiny_config(d_model: usize) -> TrainingConfig {
+    let encoder = SwitchEncoderConfig::new(d_model, 2 * d_model, 2, 2, EXPERTS)
+        .with_norm_first(true)
+        .with_dropout(0.0)
+        .with_expert_dropout(0.0);
+    TrainingConfig::new(SwitchLmConfig::new(0, 32, encoder), TokenizerKind::Char)
+        .with_batch_size(8)
+        .with_num_epochs(2)
+        .with_max_steps(Some(60))
+        .with_lr(1e-2)
+        .with_warmup_steps(5)
+}
+
+fn options(dir: &Path, data: &Path) -> TrainOptions {
+    TrainOptions {
+        artifact_dir: dir.join("run"),
+        data: Some(data.to_path_buf()),
+        tokenizer_file: None,
+        resume: false,
+        plain_progress: Some(true),
+    }
+}
+
+#[test]
+fn learner_trains_checkpoints_logs_routing_and_resumes() {
+    let dir = scratch("learner");
+    let data = corpus_slice(&dir, 40_000);
+    let opts = options(&dir, &data);
+    let summary = train::<AB>(tiny_config(32), &opts, device()).expect("training runs");
+    let run = &opts.artifact_dir;
+
+    assert_eq!(summary.epochs, 1..=2);
+    assert_eq!(summary.valid_loss.len(), 2);
+    assert!(
+        summary.valid_loss[1] < summary.valid_loss[0],
+        "validation loss should fall: {:?}",
+        summary.valid_loss
+    );
+    // Below the uniform guess ln(V) after training.
+    assert!(summary.valid_loss[1] < (summary.vocab_size as f64).ln());
+
+    for split in ["train", "valid"] {
+        for epoch in 1..=2 {
+            let sum: f64 = (0..EXPERTS)
+                .map(|e| epoch_metric(run, split, epoch, &format!("Expert {e} fraction")).unwrap())
+                .sum();
+            assert!(
+                (sum - 1.0).abs() <= 1e-4,
+                "{split} epoch {epoch}: fractions sum to {sum}"
+            );
+        }
+    }
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "model.mpk",
+        "checkpoint/model-2.mpk",
+        "checkpoint/optim-2.mpk",
+        "checkpoint/scheduler-2.mpk",
+    ] {
+        assert!(run.join(file).exists(), "{file} missing");
+    }
+    let csv = std::fs::read_to_string(run.join("routing.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        rows[0],
+        "epoch,split,layer,expert,token_fraction,router_prob_mean"
+    );
+    // 2 epochs x 2 splits x 1 sparse layer x 4 experts.
+    assert_eq!(rows.len(), 1 + 2 * 2 * EXPERTS, "{csv}");
+    for (epoch, split) in [(1, "train"), (1, "valid"), (2, "train"), (2, "valid")] {
+        let fractions: f64 = rows[1..]
+            .iter()
+            .map(|r| r.split(',').collect::<Vec<_>>())
+            .filter(|c| c[0] == epoch.to_string() && c[1] == split)
+            .map(|c| {
+                assert_eq!(c[2], "1", "layer 1 is the sparse one");
+                c[4].parse::<f64>().unwrap()
+            })
+            .sum();
+        assert!(
+            (fractions - 1.0).abs() < 1e-4,
+            "epoch {epoch} {split}: {fractions}"
+        );
+    }
+
+    // Resume: a third epoch continues from checkpoint 2, leaving epoch 1's logs alone.
+    let epoch1_log = std::fs::read_to_string(run.join("train/epoch-1/Loss.log")).unwrap();
+    let resumed = TrainOptions {
+        resume: true,
+        ..opts.clone()
+    };
+    let config = TrainingConfig::load(run.join("config.json"))
+        .unwrap()
+        .with_num_epochs(3);
+    let summary = train::<AB>(config, &resumed, device()).expect("resume runs");
+    assert_eq!(summary.epochs, 3..=3);
+    assert!(run.join("checkpoint/model-3.mpk").exists());
+    assert!(epoch_metric(run, "valid", 3, "Loss").is_some());
+    assert_eq!(
+        std::fs::read_to_string(run.join("train/epoch-1/Loss.log")).unwrap(),
+        epoch1_log,
+        "resuming must not overwrite earlier epochs' logs"
+    );
+    let csv = std::fs::read_to_string(run.join("routing.csv")).unwrap();
+    assert_eq!(
+        csv.lines().filter(|r| r.starts_with("3,")).count(),
+        2 * EXPERTS
+    );
+
+    // Generation from the directory alone.
+    let (model, tokenizer, _) = load_trained::<B>(run, &device()).unwrap();
+    let sampling = SamplingConfig {
+        length: 25,
+        ..SamplingConfig::default()
+    };
+    let text = generate(&model, &tokenizer, "ROMEO:", &sampling, &device()).unwrap();
+    assert_eq!(text.chars().count(), "ROMEO:".len() + 25, "{text:?}");
+    assert!(text.starts_with("ROMEO:"));
+}
+
+#[test]
+fn bpe_tokenizer_round_trips_and_saves() {
+    let text: String = std::fs::read_to_string(CORPUS)
+        .unwrap()
+        .chars()
+        .take(30_000)
+        .collect();
+    let tokenizer = TextTokenizer::train_bpe(&text, 400).unwrap();
+    assert_eq!(tokenizer.vocab_size(), 400);
+    let sample = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n  Odd  spacing!";
+    let ids = tokenizer.encode(sample).unwrap();
+    assert!(ids.len() < sample.len(), "BPE merges shorten the sequence");
+    assert_eq!(tokenizer.decode(&ids).unwrap(), sample);
+    assert_eq!(
+        tokenizer.decode(&tokenizer.encode(&text).unwrap()).unwrap(),
+        text
+    );
+
+    let dir = scratch("bpe");
+    tokenizer.save(&dir.join("tokenizer.json")).unwrap();
+    let loaded = TextTokenizer::load(&dir.join("tokenizer.json")).unwrap();
+    assert_eq!(loaded.encode(sample).unwrap(), ids);
+
+    let chars = TextTokenizer::char_level("abca\n");
+    assert_eq!(chars.vocab_size(), 4);
+    assert_eq!(chars.encode("cab\n").unwrap(), vec![3, 1, 2, 0]);
+    chars.save(&dir.join("chars.json")).unwrap();
+    let loaded = TextTokenizer::load(&dir.join("chars.json")).unwrap();
+    assert_eq!(loaded.decode(&[3, 1, 2, 0]).unwrap(), "cab\n");
+}
