@@ -111,7 +111,7 @@ fn preset(name: &str) -> TrainingConfig {
     // d_model, d_ff, layers, heads, experts, seq_len, batch, epochs, lr, max_steps
     let (d, f, l, h, e, s, b, epochs, lr, max_steps) = match name {
         "gpu" => (384, 1536, 6, 6, 8, 256, 64, 5, 1e-3, None),
-        _ => (128, 512, 4, 4, 8, 128, 32, 1, 2e-3, Some(1200)),
+        _ => (128, 512, 4, 4, 8, 128, 32, 1, 2e-3, Some(500)),
     };
     let encoder = SwitchEncoderConfig::new(d, f, h, l, e)
         .with_norm_first(true)
@@ -240,13 +240,49 @@ fn run<B: AutodiffBackend>(args: Args, device: B::Device) -> Result<(), switch_m
     Ok(())
 }
 
+/// The flag that sets a config field, for error messages.
+fn flag_of(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "vocab_size" => "--vocab-size",
+        "max_seq_len" => "--seq-len",
+        "d_model" => "--d-model",
+        "d_ff" => "--d-ff",
+        "n_layers" => "--layers",
+        "n_heads" => "--heads",
+        "num_experts" => "--experts",
+        "top_k" => "--top-k",
+        "moe_every" => "--moe-every",
+        "capacity_factor" => "--capacity-factor",
+        "eval_capacity_factor" => "--eval-capacity-factor",
+        "aux_coef" => "--aux-coef",
+        "z_coef" => "--z-coef",
+        _ => return None,
+    })
+}
+
+/// One paragraph: config errors are reported by the flag that set the value.
+fn describe(error: &switch_moe::Error) -> String {
+    match error {
+        switch_moe::Error::Config {
+            field,
+            value,
+            reason,
+            ..
+        } => match flag_of(field) {
+            Some(flag) => format!("invalid value for {flag}: {value} ({reason}); see --help"),
+            None => format!("{error}"),
+        },
+        other => other.to_string(),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let device = switch_moe::backend::default_device();
     match run::<switch_moe::backend::SelectedAutodiff>(args, device) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }

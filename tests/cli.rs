@@ -1,0 +1,378 @@
+//! Bad input to the `train` and `generate` examples: a one-paragraph error that names the file or
+//! flag, a non-zero exit code, no panic, and nothing in the artifact directory overwritten.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use switch_moe::train::{TokenizerKind, TrainOptions, TrainingConfig, train};
+use switch_moe::{SwitchEncoderConfig, SwitchLmConfig};
+
+/// The example binaries that `cargo test` builds next to the test binaries.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    profile_dir.join("examples").join(name)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join("switch-moe-cli-tests").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Tiny model flags, so that a run that wrongly starts stays short.
+const TINY: [&str; 18] = [
+    "--d-model",
+    "16",
+    "--d-ff",
+    "32",
+    "--layers",
+    "2",
+    "--heads",
+    "2",
+    "--experts",
+    "4",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "4",
+    "--max-steps",
+    "2",
+    "--plain",
+    "--char",
+];
+
+/// Runs `train` with tiny settings plus `args`; returns stderr after checking the failure shape.
+fn train_fails(args: &[&str], must_mention: &[&str]) -> String {
+    train_fails_with(&TINY, args, must_mention)
+}
+
+fn train_fails_with(base: &[&str], args: &[&str], must_mention: &[&str]) -> String {
+    let out = Command::new(example("train"))
+        .args(base)
+        .args(args)
+        .output()
+        .expect("the train example is built by cargo test");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic trace: {stderr}");
+    assert!(
+        stderr.starts_with("error: "),
+        "one error paragraph expected: {stderr}"
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one paragraph: {stderr}"
+    );
+    for needle in must_mention {
+        assert!(
+            stderr.contains(needle),
+            "error should mention {needle:?}: {stderr}"
+        );
+    }
+    stderr
+}
+
+fn file_with(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn missing_corpus_file() {
+    let dir = scratch("missing");
+    let run = dir.join("run");
+    train_fails(
+        &[
+            "--data",
+            "/nonexistent/corpus.txt",
+            "--artifact-dir",
+            run.to_str().unwrap(),
+        ],
+        &["/nonexistent/corpus.txt", "--data"],
+    );
+    assert!(!run.exists(), "nothing is written for a failed start");
+}
+
+#[test]
+fn empty_corpus() {
+    let dir = scratch("empty");
+    let data = file_with(&dir, "empty.txt", b"  \n\n");
+    train_fails(
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--artifact-dir",
+            dir.join("run").to_str().unwrap(),
+        ],
+        &["empty.txt", "no text", "--data"],
+    );
+    assert!(!dir.join("run").exists());
+}
+
+#[test]
+fn corpus_shorter_than_one_window() {
+    let dir = scratch("short");
+    let data = file_with(&dir, "short.txt", b"To be, or not to be.");
+    train_fails(
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--artifact-dir",
+            dir.join("run").to_str().unwrap(),
+        ],
+        &["too short", "--seq-len", "--data"],
+    );
+    assert!(!dir.join("run").exists());
+}
+
+#[test]
+fn non_utf8_corpus() {
+    let dir = scratch("latin1");
+    let data = file_with(&dir, "latin1.txt", b"caf\xe9 cr\xe8me\n");
+    train_fails(
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--artifact-dir",
+            dir.join("run").to_str().unwrap(),
+        ],
+        &["latin1.txt", "not UTF-8"],
+    );
+}
+
+#[test]
+fn unreadable_tokenizer() {
+    let dir = scratch("tokenizer");
+    let data = file_with(
+        &dir,
+        "corpus.txt",
+        "All the world's a stage.\n".repeat(200).as_bytes(),
+    );
+    let tok = file_with(&dir, "tokenizer.json", b"{ not json");
+    let out = Command::new(example("train"))
+        .args([
+            "--data",
+            data.to_str().unwrap(),
+            "--tokenizer",
+            tok.to_str().unwrap(),
+        ])
+        .args([
+            "--artifact-dir",
+            dir.join("run").to_str().unwrap(),
+            "--max-steps",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("tokenizer.json") && stderr.contains("--tokenizer"),
+        "{stderr}"
+    );
+    assert!(!dir.join("run").exists());
+}
+
+#[test]
+fn invalid_flag_values_name_the_flag() {
+    let dir = scratch("flags");
+    let data = file_with(
+        &dir,
+        "corpus.txt",
+        "Now is the winter of our discontent.\n"
+            .repeat(100)
+            .as_bytes(),
+    );
+    let run = dir.join("run");
+    let base = [
+        "--data",
+        data.to_str().unwrap(),
+        "--artifact-dir",
+        run.to_str().unwrap(),
+    ];
+    for (flag, value) in [
+        ("--seq-len", "0"),
+        ("--heads", "3"),
+        ("--experts", "0"),
+        ("--top-k", "9"),
+        ("--lr", "0"),
+        ("--capacity-factor", "0"),
+        ("--batch-size", "0"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend([flag, value]);
+        // The default (cpu preset) model: d_model 128, 8 experts.
+        train_fails_with(&[], &args, &[flag]);
+    }
+    let mut args = base.to_vec();
+    args.extend(["--vocab-size", "10"]);
+    let out = Command::new(example("train")).args(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--vocab-size"),
+        "{stderr}"
+    );
+    assert!(!run.exists());
+}
+
+fn tiny(d_model: usize) -> TrainingConfig {
+    let encoder = SwitchEncoderConfig::new(d_model, 2 * d_model, 2, 2, 4).with_norm_first(true);
+    TrainingConfig::new(SwitchLmConfig::new(0, 16, encoder), TokenizerKind::Char)
+        .with_batch_size(4)
+        .with_max_steps(Some(2))
+}
+
+fn quick_run(dir: &Path, data: &Path, d_model: usize) -> PathBuf {
+    let opts = TrainOptions {
+        artifact_dir: dir.to_path_buf(),
+        data: Some(data.to_path_buf()),
+        tokenizer_file: None,
+        resume: false,
+        plain_progress: Some(true),
+    };
+    train::<AB>(tiny(d_model), &opts, device()).unwrap();
+    dir.to_path_buf()
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for sub in [
+        "config.json",
+        "tokenizer.json",
+        "checkpoint/model-1.mpk",
+        "model.mpk",
+    ] {
+        let p = dir.join(sub);
+        files.push((p.clone(), std::fs::read(&p).unwrap()));
+    }
+    files
+}
+
+#[test]
+fn resume_errors_and_existing_runs_are_not_overwritten() {
+    let dir = scratch("resume");
+    let data = file_with(
+        &dir,
+        "corpus.txt",
+        "O Romeo, Romeo! wherefore art thou Romeo?\n"
+            .repeat(60)
+            .as_bytes(),
+    );
+    let a = quick_run(&dir.join("a"), &data, 16);
+    let b = quick_run(&dir.join("b"), &data, 24);
+
+    // A fresh start into a directory that holds a run.
+    let before = snapshot(&a);
+    train_fails(
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--artifact-dir",
+            a.to_str().unwrap(),
+        ],
+        &["already holds a run", "--resume", "--artifact-dir"],
+    );
+    assert_eq!(snapshot(&a), before, "nothing overwritten");
+
+    // A checkpoint from a different configuration.
+    std::fs::copy(
+        b.join("checkpoint/model-1.mpk"),
+        a.join("checkpoint/model-1.mpk"),
+    )
+    .unwrap();
+    let before = snapshot(&a);
+    let out = Command::new(example("train"))
+        .args([
+            "--resume",
+            "--epochs",
+            "2",
+            "--plain",
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .args(["--artifact-dir", a.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("model-1") && stderr.contains("different configuration"),
+        "{stderr}"
+    );
+    assert_eq!(snapshot(&a), before, "nothing overwritten");
+
+    // --resume in a directory without a checkpoint.
+    let empty = dir.join("no-checkpoint");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::copy(b.join("config.json"), empty.join("config.json")).unwrap();
+    let out = Command::new(example("train"))
+        .args([
+            "--resume",
+            "--epochs",
+            "2",
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .args(["--artifact-dir", empty.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no checkpoint") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        1,
+        "only config.json stays"
+    );
+
+    // generate from a directory that is not a run.
+    let out = Command::new(example("generate"))
+        .args(["--artifact-dir", dir.join("nowhere").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--artifact-dir"), "{stderr}");
+
+    // generate from run b produces the requested length (characters).
+    let out = Command::new(example("generate"))
+        .args([
+            "--artifact-dir",
+            b.to_str().unwrap(),
+            "--prompt",
+            "O Rom",
+            "--length",
+            "30",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let text = text.strip_suffix('\n').expect("println adds one newline");
+    assert_eq!(text.chars().count(), 5 + 30, "{text:?}");
+}
