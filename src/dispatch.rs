@@ -18,7 +18,7 @@
 //! Dispatch is then one `select` (gather) of token rows, combine one `select` of expert-output rows
 //! weighted by the gates: both differentiable, with the backward a scatter-add.
 
-use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, backend::Backend};
+use burn::tensor::{BasicOps, Bool, IndexingUpdateOp, Int, Tensor, backend::Backend};
 
 /// How many slots each expert gets.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,7 +75,7 @@ impl<B: Backend> DispatchPlan<B> {
         let [t, k] = expert_ids.dims();
         let e = num_experts;
 
-        let ids = expert_ids.swap_dims(0, 1).reshape([k * t]); // [k·T], choice-major
+        let ids = choice_major(expert_ids); // [k·T]
         let experts = Tensor::<B, 1, Int>::arange(0..e as i64, &device).unsqueeze::<2>(); // [1, E]
         let mut assign = ids.clone().unsqueeze_dim::<2>(1).equal(experts).int(); // [k·T, E]
         if let Some(real) = real {
@@ -158,16 +158,33 @@ impl<B: Backend> DispatchPlan<B> {
         let [k, t] = self.combine_rows.dims();
         let zero = Tensor::<B, 2>::zeros([1, d], (&expert_out.device(), expert_out.dtype()));
         let rows = Tensor::cat(vec![expert_out.reshape([e * c, d]), zero], 0); // [E·C + 1, d]
-        let picked = rows
-            .select(0, self.combine_rows.clone().reshape([k * t])) // [k·T, d]
-            .reshape([k, t, d]);
-        let weighted = picked * gates.swap_dims(0, 1).unsqueeze_dim::<3>(2); // [k, T, d]
+        let picked = rows.select(0, self.combine_rows.clone().reshape([k * t])); // [k·T, d]
+        let weighted = picked * choice_major(gates).unsqueeze_dim::<2>(1); // [k·T, d]
         if k == 1 {
-            weighted.reshape([t, d])
+            weighted
         } else {
-            weighted.sum_dim(0).reshape([t, d])
+            weighted.reshape([k, t, d]).sum_dim(0).reshape([t, d])
         }
     }
+}
+
+/// Flattens `[T, k]` to `[k·T]` in choice-major order: all first choices in token order, then all
+/// second choices, and so on (row j·T + t holds `x[t, j]`).
+///
+/// Built from column slices, not `swap_dims(0, 1)`: burn-tch 0.21's `swap_dims` returns a view of
+/// `x`'s memory under a fresh storage handle, so an in-place op on the result wrote through to `x`
+/// (tracel-ai/burn#5375, fixed after 0.21). With k = 1 that overwrote the router's expert ids,
+/// which autodiff keeps for the backward of the gate gather. Slices keep the storage shared.
+///
+/// # Shapes
+/// - x: `[T, k]`
+/// - output: `[k·T]`
+fn choice_major<B: Backend, K: BasicOps<B>>(x: Tensor<B, 2, K>) -> Tensor<B, 1, K> {
+    let [t, k] = x.dims();
+    let columns = (0..k)
+        .map(|j| x.clone().slice([0..t, j..j + 1]).reshape([t]))
+        .collect(); // k × [T]
+    Tensor::cat(columns, 0)
 }
 
 #[cfg(test)]
@@ -202,5 +219,32 @@ mod tests {
         assert_eq!(ints(plan.first_choice_counts.clone()), vec![3, 1, 0]);
         assert_eq!(ints(plan.num_routed.clone()), vec![8]);
         assert_eq!(ints(plan.num_kept.clone()), vec![5]);
+    }
+
+    #[test]
+    fn planning_leaves_the_expert_ids_untouched() {
+        // Regression test for burn-tch 0.21 (see `choice_major`): the caller's ids, which autodiff
+        // keeps for the gate gather's backward, must survive the row arithmetic of the plan.
+        let device = Default::default();
+        for (ids, k) in [(vec![2i64, 0, 1, 2, 0], 1), (vec![1i64, 2], 2)] {
+            let t = ids.len() / k;
+            let tensor =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [t, k]), &device);
+            let plan = DispatchPlan::new(tensor.clone(), None, 3, Capacity::Fixed(4));
+            assert_eq!(ints(plan.combine_rows), {
+                // Choice-major rows e·C + slot, C = 4.
+                let mut seen = [0i64; 3];
+                let mut rows = vec![0i64; t * k];
+                for j in 0..k {
+                    for tok in 0..t {
+                        let e = ids[tok * k + j];
+                        rows[j * t + tok] = e * 4 + seen[e as usize];
+                        seen[e as usize] += 1;
+                    }
+                }
+                rows
+            });
+            assert_eq!(ints(tensor), ids, "k = {k}: the plan changed its input");
+        }
     }
 }
