@@ -1,10 +1,21 @@
 //! The backend of the examples, tests, benches and experiments, chosen by cargo feature.
 //!
 //! The library itself is generic over `B: Backend`; only programs pick one. Precedence when
-//! several backend features are on: `wgpu`, then `tch`, then `ndarray` (the default feature), so
-//! `cargo run --features wgpu --example train` runs on wgpu without `--no-default-features`.
+//! several backend features are on: `cuda`, then `wgpu`, then `tch`, then `ndarray` (the default
+//! feature), so `cargo run --features wgpu --example train` runs on wgpu without
+//! `--no-default-features`.
 
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "cuda")]
+mod selected {
+    /// The selected backend: CUDA (NVIDIA GPUs; optional feature, not tested in CI).
+    pub type Backend = burn::backend::Cuda;
+    /// Its device type.
+    pub type Device = burn::backend::cuda::CudaDevice;
+    /// Name for messages.
+    pub const NAME: &str = "cuda";
+}
+
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
 mod selected {
     /// The selected backend: wgpu (Vulkan, Metal, DX12 or WebGPU; fusion and autotune on).
     pub type Backend = burn::backend::Wgpu;
@@ -14,7 +25,7 @@ mod selected {
     pub const NAME: &str = "wgpu";
 }
 
-#[cfg(all(feature = "tch", not(feature = "wgpu")))]
+#[cfg(all(feature = "tch", not(any(feature = "wgpu", feature = "cuda"))))]
 mod selected {
     /// The selected backend: LibTorch.
     pub type Backend = burn::backend::LibTorch;
@@ -24,7 +35,10 @@ mod selected {
     pub const NAME: &str = "tch";
 }
 
-#[cfg(all(feature = "ndarray", not(any(feature = "wgpu", feature = "tch"))))]
+#[cfg(all(
+    feature = "ndarray",
+    not(any(feature = "wgpu", feature = "tch", feature = "cuda"))
+))]
 mod selected {
     /// The selected backend: ndarray (pure Rust, CPU, multi-threaded).
     pub type Backend = burn::backend::NdArray;
@@ -45,7 +59,8 @@ pub type TestBackend = SelectedBackend;
 /// [`TestBackend`] with automatic differentiation.
 pub type TestAutodiffBackend = SelectedAutodiff;
 
-/// The selected backend's default device (the first GPU for wgpu; CPU for tch and ndarray).
+/// The selected backend's default device (the first GPU for cuda and wgpu; CPU for tch and
+/// ndarray).
 pub fn default_device() -> SelectedDevice {
     SelectedDevice::default()
 }

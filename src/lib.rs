@@ -30,7 +30,12 @@
 //! | L | layers |
 #![warn(missing_docs)]
 
-#[cfg(any(feature = "ndarray", feature = "wgpu", feature = "tch"))]
+#[cfg(any(
+    feature = "ndarray",
+    feature = "wgpu",
+    feature = "tch",
+    feature = "cuda"
+))]
 pub mod backend;
 pub mod data;
 pub mod dispatch;

@@ -195,11 +195,15 @@ fn invalid_flag_values_name_the_flag() {
             .as_bytes(),
     );
     let run = dir.join("run");
+    // `--preset cpu`: without it the wgpu backend picks the gpu preset (d_model 384, where
+    // `--heads 3` is valid).
     let base = [
         "--data",
         data.to_str().unwrap(),
         "--artifact-dir",
         run.to_str().unwrap(),
+        "--preset",
+        "cpu",
     ];
     for (flag, value) in [
         ("--seq-len", "0"),
@@ -212,7 +216,7 @@ fn invalid_flag_values_name_the_flag() {
     ] {
         let mut args = base.to_vec();
         args.extend([flag, value]);
-        // The default (cpu preset) model: d_model 128, 8 experts.
+        // The cpu preset's model: d_model 128, 8 experts.
         train_fails_with(&[], &args, &[flag]);
     }
     let mut args = base.to_vec();

@@ -68,10 +68,31 @@ fn router_gets_gradients_and_idle_experts_get_zero() {
 fn router_gradient_matches_finite_differences() {
     let device = device();
     let (d, f, e, t) = (3, 5, 3, 4);
-    let moe: SwitchFeedForward<AB> = config(d, f, e).init(&device);
+    let mut moe: SwitchFeedForward<AB> = config(d, f, e).init(&device);
     let mut rng = Rng::new(7);
     let x_host = rng.normals(t * d, 1.0);
     let proj_host = rng.normals(t * d, 1.0); // objective: <output, proj>
+    // The router weights come from the host generator, not the backend's RNG (unseeded, and
+    // different on every backend), so that routing is the same on every backend and every run.
+    let router_host = rng.normals(d * e, 1.0);
+    moe.router.gate.weight = Param::from_tensor(tensor(router_host.clone(), [d, e], &device));
+    let h = 1e-2f32;
+    // The objective is piecewise smooth: it jumps where a token's top-1 expert changes. Moving one
+    // weight W[i][j] by ±h moves logit j of token t by h·|x[t][i]|, so a top-1 margin above
+    // 2·h·max|x| guarantees that no difference below crosses a jump.
+    for tok in 0..t {
+        let xt = &x_host[tok * d..(tok + 1) * d];
+        let mut logits: Vec<f32> = (0..e)
+            .map(|j| (0..d).map(|i| xt[i] * router_host[i * e + j]).sum())
+            .collect();
+        logits.sort_by(|a, b| b.partial_cmp(a).unwrap());
+        let max_x = xt.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(
+            logits[0] - logits[1] > 2.0 * h * max_x,
+            "token {tok}: top-1 margin {} too small for finite differences",
+            logits[0] - logits[1]
+        );
+    }
     let x = tensor::<AB, 3>(x_host.clone(), [1, t, d], &device);
     let proj = tensor::<AB, 3>(proj_host.clone(), [1, t, d], &device);
 
@@ -89,7 +110,6 @@ fn router_gradient_matches_finite_differences() {
         let p = tensor::<B, 3>(proj_host.clone(), [1, t, d], &device);
         host((y * p).sum())[0] as f64
     };
-    let h = 1e-2f32;
     for i in 0..d * e {
         let mut plus = w0.clone();
         plus[i] += h;
