@@ -1,0 +1,170 @@
+//! Experiment 2 — capacity factor (Switch paper §2.2, Table 1).
+//!
+//! One Switch model (E = 8, top-1) trained with training capacity factors 0.75, 1.0, 1.25, 2.0 and
+//! dropless: validation loss, the fraction of tokens dropped in training, and training tokens/s.
+//! Validation always runs at the eval capacity factor 2.0 (dropless for the dropless model), so it
+//! measures the model, not the eval-time drops.
+//!
+//! ```sh
+//! SWITCH_MOE_DATA=../shared/data/tinyshakespeare.txt \
+//!   cargo run --release --features experiments --example capacity_factor
+//! ```
+
+mod common;
+
+use clap::Parser;
+use common::cli::{CommonArgs, Scale, fail, load_char_corpus};
+use common::plot::{self, Series};
+use common::run::{RunLog, base_spec, lm_config, mean_curve, train_run};
+use switch_moe::backend::{SelectedAutodiff, default_device};
+
+#[derive(Parser, Debug)]
+#[command(about = "Capacity factor: quality, dropped tokens and speed")]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Experts per sparse layer.
+    #[arg(long, default_value_t = 8)]
+    experts: usize,
+}
+
+/// `None` is dropless.
+const FACTORS: [Option<f64>; 5] = [Some(0.75), Some(1.0), Some(1.25), Some(2.0), None];
+
+fn label(cf: Option<f64>) -> String {
+    cf.map_or("dropless".into(), |c| format!("cf {c}"))
+}
+
+fn main() {
+    let args = Args::parse();
+    plot::init_font().unwrap_or_else(|e| fail(&e));
+    let out = args.common.out_dir("capacity_factor");
+    let corpus = load_char_corpus(&args.common, None);
+    let device = default_device();
+    // The model and budget of experiment 1 (E = 8), so the two tables can be read together.
+    let (d, f, layers, seq, batch, steps) = match args.common.scale {
+        Scale::Cpu => (64, 256, 4, 64, 32, 500),
+        Scale::Gpu => (256, 1024, 6, 256, 32, 4000),
+    };
+    let steps = args.common.steps.unwrap_or(steps);
+    let seeds = args.common.seeds_or(&[1]);
+    if args.experts == 0 {
+        fail("--experts must be at least 1");
+    }
+
+    let mut logs: Vec<(Option<f64>, RunLog)> = Vec::new();
+    for &seed in &seeds {
+        for cf in FACTORS {
+            let mut model = lm_config(corpus.vocab_size, seq, d, f, layers, args.experts);
+            match cf {
+                Some(c) => model.encoder.capacity_factor = c,
+                None => model.encoder.dropless = true,
+            }
+            let name = format!("{}_seed{seed}", label(cf).replace(' ', ""));
+            let spec = base_spec(name, model, seed, steps, batch);
+            let log = train_run::<SelectedAutodiff>(&spec, &corpus, &device);
+            log.write_csv(&out)
+                .unwrap_or_else(|e| fail(&format!("writing CSVs: {e}")));
+            logs.push((cf, log));
+        }
+    }
+
+    let runs_of = |cf: Option<f64>| -> Vec<&RunLog> {
+        logs.iter()
+            .filter(|(c, _)| *c == cf)
+            .map(|(_, l)| l)
+            .collect()
+    };
+    let series = |value: fn(&common::run::Point) -> f64| -> Vec<Series> {
+        FACTORS
+            .iter()
+            .map(|&cf| Series {
+                label: label(cf),
+                points: mean_curve(&runs_of(cf), false, value),
+            })
+            .collect()
+    };
+    let valid = series(|p| p.valid_ce);
+    let y_lo = valid
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(f64::MAX, f64::min);
+    let y_hi = valid
+        .iter()
+        .filter_map(|s| s.points.get(s.points.len() / 5).map(|p| p.1))
+        .fold(f64::MIN, f64::max);
+    plot::lines(
+        &out.join("valid_loss.png"),
+        &format!(
+            "Validation loss by training capacity factor (E = {})",
+            args.experts
+        ),
+        "step",
+        "validation cross-entropy (nats/char)",
+        &valid,
+        Some((y_lo, y_hi)),
+    )
+    .unwrap_or_else(|e| fail(&e));
+    plot::lines(
+        &out.join("dropped.png"),
+        "Fraction of tokens dropped in training (mean over sparse layers)",
+        "step",
+        "dropped fraction",
+        &series(|p| p.dropped),
+        None,
+    )
+    .unwrap_or_else(|e| fail(&e));
+
+    let mut table = String::from(
+        "| training capacity | final valid loss | ± seeds | dropped (mean over run) | dropped (last 10%) | max load | tokens/s |\n|---|---|---|---|---|---|---|\n",
+    );
+    for cf in FACTORS {
+        let runs = runs_of(cf);
+        let finals: Vec<f64> = runs.iter().map(|r| r.final_valid()).collect();
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let spread = finals.iter().fold(f64::MIN, |a, b| a.max(*b))
+            - finals.iter().fold(f64::MAX, |a, b| a.min(*b));
+        let dropped_all: Vec<f64> = runs
+            .iter()
+            .map(|r| mean(&r.points.iter().map(|p| p.dropped).collect::<Vec<_>>()))
+            .collect();
+        let dropped_last: Vec<f64> = runs
+            .iter()
+            .map(|r| {
+                let n = r.points.len();
+                mean(
+                    &r.points[n - (n / 10).max(1)..]
+                        .iter()
+                        .map(|p| p.dropped)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let load: Vec<f64> = runs
+            .iter()
+            .map(|r| r.points.last().map_or(f64::NAN, |p| p.max_load))
+            .collect();
+        let tps: Vec<f64> = runs.iter().map(|r| r.tokens_per_s).collect();
+        table.push_str(&format!(
+            "| {} | {:.4} | {:.4} | {:.3} | {:.3} | {:.2} | {:.0} |\n",
+            label(cf),
+            mean(&finals),
+            spread,
+            mean(&dropped_all),
+            mean(&dropped_last),
+            mean(&load),
+            mean(&tps)
+        ));
+    }
+    let wall: f64 = logs.iter().map(|(_, l)| l.wall_s).sum();
+    let summary = format!(
+        "{table}\nE = {}, seeds {seeds:?}, {steps} steps; validation at eval capacity factor 2.0 \
+         (dropless run: dropless). Max load = E · largest expert fraction at the last point \
+         (1.0 = balanced). Backend {}, total wall {:.1} min.\n",
+        args.experts,
+        switch_moe::backend::NAME,
+        wall / 60.0
+    );
+    println!("{summary}");
+    std::fs::write(out.join("summary.md"), summary).unwrap_or_else(|e| fail(&e.to_string()));
+}

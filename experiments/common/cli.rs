@@ -1,0 +1,99 @@
+//! Flags every experiment takes, and the corpus they load.
+
+use std::path::PathBuf;
+
+use switch_moe::data::{TextTokenizer, load_corpus};
+
+/// Common flags of the experiment programs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Corpus file or directory (default: $SWITCH_MOE_DATA, else tiny-shakespeare downloaded to
+    /// ~/.cache/switch-moe).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Where the CSVs and PNGs go (default: experiments/results/<experiment>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// `cpu` (default): the small setting sized for ≤ 30 minutes on a 2-core CPU with ndarray;
+    /// `gpu`: a 4× wider model and longer runs, for a GPU backend (--features wgpu / cuda).
+    #[arg(long, default_value = "cpu")]
+    pub scale: Scale,
+    /// Override the number of optimiser steps of every run (e.g. a quick smoke test).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Seeds to repeat the runs with (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
+}
+
+/// Size presets.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    /// Small: for the 2-core CPU machine.
+    Cpu,
+    /// Bigger: for a GPU.
+    Gpu,
+}
+
+impl CommonArgs {
+    /// The output directory, created.
+    pub fn out_dir(&self, experiment: &str) -> PathBuf {
+        let dir = self
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("experiments/results").join(experiment));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            fail(&format!("cannot create {}: {e}", dir.display()));
+        }
+        dir
+    }
+
+    /// The seeds, or `default`.
+    pub fn seeds_or(&self, default: &[u64]) -> Vec<u64> {
+        self.seeds.clone().unwrap_or_else(|| default.to_vec())
+    }
+}
+
+/// A character-level corpus split 90/10 (contiguous, so the validation text is unseen).
+pub struct Corpus {
+    /// Training token ids.
+    pub train: Vec<u32>,
+    /// Validation token ids.
+    pub valid: Vec<u32>,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+}
+
+/// Loads the corpus, optionally keeping only its first `max_chars` characters (a small corpus is
+/// what some experiments need), and tokenises it by character.
+pub fn load_char_corpus(args: &CommonArgs, max_chars: Option<usize>) -> Corpus {
+    let (text, path) = load_corpus(args.data.as_deref()).unwrap_or_else(|e| fail(&e.to_string()));
+    let text: String = match max_chars {
+        Some(n) => text.chars().take(n).collect(),
+        None => text,
+    };
+    let tokenizer = TextTokenizer::char_level(&text);
+    let ids = tokenizer
+        .encode(&text)
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    let (train, valid) = switch_moe::data::split_tokens(&ids, 0.1);
+    eprintln!(
+        "corpus {}: {} chars, vocab {}, {} train / {} valid tokens",
+        path.display(),
+        text.chars().count(),
+        tokenizer.vocab_size(),
+        train.len(),
+        valid.len()
+    );
+    Corpus {
+        train,
+        valid,
+        vocab_size: tokenizer.vocab_size(),
+    }
+}
+
+/// Prints one `error:` paragraph and exits with status 1.
+pub fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1)
+}

@@ -1,0 +1,496 @@
+//! One training run with everything recorded: a plain loop (not the Learner) so that routing can
+//! be logged at every step, experts can get their own learning rate, and a diverging run stops
+//! cleanly with its history kept.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::{AutodiffModule, Module, ParamId};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use switch_moe::train::WarmupCosineLr;
+use switch_moe::{EncoderBlock, LmBatch, SwitchLm, SwitchLmConfig};
+
+use super::cli::Corpus;
+
+/// Everything that defines a run besides the corpus.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Label in tables, legends and file names.
+    pub name: String,
+    /// The model.
+    pub model: SwitchLmConfig,
+    /// Seed of initialisation, jitter, dropout and batch sampling.
+    pub seed: u64,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Windows per batch.
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW, linear warm-up then cosine to 10%).
+    pub lr: f64,
+    /// Experts' learning rate as a multiple of `lr` (1.0: the same).
+    pub expert_lr_ratio: f64,
+    /// Warm-up steps.
+    pub warmup_steps: usize,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Validate every this many steps.
+    pub eval_every: usize,
+    /// Validation windows (evenly spaced over the validation split, the same for every eval).
+    pub eval_windows: usize,
+    /// Record routing fractions averaged over this many steps.
+    pub log_every: usize,
+}
+
+/// The state at one validation point.
+#[derive(Debug, Clone)]
+pub struct Point {
+    /// Optimiser steps done.
+    pub step: usize,
+    /// Passes over the training tokens.
+    pub epoch: f64,
+    /// Mean training cross-entropy since the previous point.
+    pub train_ce: f64,
+    /// Validation cross-entropy (eval mode: no dropout or jitter, eval capacity factor).
+    pub valid_ce: f64,
+    /// Mean load-balancing loss since the previous point (1.0 = uniform).
+    pub aux: f64,
+    /// Mean router z-loss since the previous point.
+    pub z: f64,
+    /// Mean dropped-token fraction since the previous point.
+    pub dropped: f64,
+    /// Mean router entropy (nats) since the previous point.
+    pub entropy: f64,
+    /// E · max fraction of the busiest expert (1.0 = balanced), mean since the previous point.
+    pub max_load: f64,
+    /// Mean Frobenius norm of one expert's weights (w_in and w_out together), per sparse layer.
+    pub expert_norm: Vec<f64>,
+}
+
+/// Per-expert token fractions of one sparse layer, averaged over `log_every` steps.
+#[derive(Debug, Clone)]
+pub struct RoutingRow {
+    /// Last step of the window.
+    pub step: usize,
+    /// Sparse layer index (0-based among the sparse layers).
+    pub layer: usize,
+    /// Fraction of first choices per expert (sums to 1).
+    pub fractions: Vec<f64>,
+}
+
+/// The record of a run.
+#[derive(Debug, Clone)]
+pub struct RunLog {
+    /// The spec it ran.
+    pub spec: RunSpec,
+    /// Validation points in step order.
+    pub points: Vec<Point>,
+    /// Routing fractions over time.
+    pub routing: Vec<RoutingRow>,
+    /// Training tokens per second (forward, backward and optimiser; evals excluded).
+    pub tokens_per_s: f64,
+    /// Wall time of the run including evals.
+    pub wall_s: f64,
+    /// The step at which the loss became non-finite, if it did.
+    pub diverged_at: Option<usize>,
+    /// Parameters in the model.
+    pub num_params: usize,
+}
+
+impl RunLog {
+    /// The last validation loss.
+    pub fn final_valid(&self) -> f64 {
+        self.points.last().map_or(f64::NAN, |p| p.valid_ce)
+    }
+
+    /// The best validation loss and its step (what early stopping on validation loss keeps).
+    pub fn best_valid(&self) -> (f64, usize) {
+        self.points
+            .iter()
+            .filter(|p| p.valid_ce.is_finite())
+            .map(|p| (p.valid_ce, p.step))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap_or((f64::NAN, 0))
+    }
+
+    /// The first step whose validation loss is at or below `target`.
+    pub fn first_step_reaching(&self, target: f64) -> Option<usize> {
+        self.points
+            .iter()
+            .find(|p| p.valid_ce <= target)
+            .map(|p| p.step)
+    }
+
+    /// Writes `<name>.csv` (one row per validation point) and `<name>_routing.csv`.
+    pub fn write_csv(&self, dir: &Path) -> std::io::Result<()> {
+        let mut f = std::fs::File::create(dir.join(format!("{}.csv", self.spec.name)))?;
+        writeln!(
+            f,
+            "step,epoch,train_ce,valid_ce,aux,z,dropped,entropy,max_load,expert_norm"
+        )?;
+        for p in &self.points {
+            let norms: Vec<String> = p.expert_norm.iter().map(|n| format!("{n:.4}")).collect();
+            writeln!(
+                f,
+                "{},{:.4},{:.5},{:.5},{:.5},{:.5},{:.5},{:.5},{:.4},{}",
+                p.step,
+                p.epoch,
+                p.train_ce,
+                p.valid_ce,
+                p.aux,
+                p.z,
+                p.dropped,
+                p.entropy,
+                p.max_load,
+                norms.join(";")
+            )?;
+        }
+        let mut f = std::fs::File::create(dir.join(format!("{}_routing.csv", self.spec.name)))?;
+        writeln!(f, "step,layer,expert,fraction")?;
+        for r in &self.routing {
+            for (e, v) in r.fractions.iter().enumerate() {
+                writeln!(f, "{},{},{e},{v:.5}", r.step, r.layer)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A SplitMix64 stream for batch sampling (independent of the backend's RNG).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A batch of `starts.len()` windows of `seq + 1` tokens.
+fn batch<B: Backend>(
+    tokens: &[u32],
+    starts: &[usize],
+    seq: usize,
+    device: &B::Device,
+) -> LmBatch<B> {
+    let b = starts.len();
+    let mut inputs = Vec::with_capacity(b * seq);
+    let mut targets = Vec::with_capacity(b * seq);
+    for &s in starts {
+        inputs.extend(tokens[s..s + seq].iter().map(|t| *t as i64));
+        targets.extend(tokens[s + 1..s + seq + 1].iter().map(|t| *t as i64));
+    }
+    LmBatch {
+        inputs: Tensor::<B, 2, Int>::from_data(TensorData::new(inputs, [b, seq]), device),
+        targets: Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [b, seq]), device),
+    }
+}
+
+fn to_f64<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    t.into_data()
+        .convert::<f64>()
+        .to_vec()
+        .expect("host copy of a float tensor")
+}
+
+/// The expert weight parameters (w_in, w_out and biases) of every sparse layer.
+fn expert_param_ids<B: Backend>(model: &SwitchLm<B>) -> Vec<ParamId> {
+    let mut ids = Vec::new();
+    for layer in &model.encoder.layers {
+        if let EncoderBlock::Sparse(l) = layer {
+            let x = &l.moe.experts;
+            ids.push(x.w_in.id);
+            ids.push(x.w_out.id);
+            ids.extend(x.b_in.iter().map(|p| p.id));
+            ids.extend(x.b_out.iter().map(|p| p.id));
+        }
+    }
+    ids
+}
+
+/// Mean Frobenius norm of one expert's weights, per sparse layer.
+fn expert_norms<B: Backend>(model: &SwitchLm<B>) -> Vec<f64> {
+    model
+        .encoder
+        .layers
+        .iter()
+        .filter_map(|layer| match layer {
+            EncoderBlock::Sparse(l) => {
+                let x = &l.moe.experts;
+                let e = x.num_experts() as f64;
+                let sq = x.w_in.val().powi_scalar(2).sum() + x.w_out.val().powi_scalar(2).sum();
+                Some(to_f64(sq)[0] / e)
+            }
+            EncoderBlock::Dense(_) => None,
+        })
+        .map(f64::sqrt)
+        .collect()
+}
+
+/// Mean validation cross-entropy over the fixed windows.
+fn evaluate<B: Backend>(
+    model: &SwitchLm<B>,
+    corpus: &Corpus,
+    spec: &RunSpec,
+    device: &B::Device,
+) -> f64 {
+    let seq = spec.model.max_seq_len;
+    let n = spec.eval_windows.min((corpus.valid.len() - 1) / seq).max(1);
+    let stride = (corpus.valid.len() - seq - 1) / n.max(1);
+    let starts: Vec<usize> = (0..n).map(|i| i * stride).collect();
+    let mut total = 0.0;
+    for chunk in starts.chunks(spec.batch_size) {
+        let out = model.forward_step(batch::<B>(&corpus.valid, chunk, seq, device));
+        total += to_f64(out.cross_entropy)[0] * chunk.len() as f64;
+    }
+    total / n as f64
+}
+
+/// Trains `spec` on `corpus` and records it. Progress goes to stderr, one line per validation.
+pub fn train_run<B: AutodiffBackend>(
+    spec: &RunSpec,
+    corpus: &Corpus,
+    device: &B::Device,
+) -> RunLog {
+    B::seed(device, spec.seed);
+    let mut model: SwitchLm<B> = spec.model.init(device);
+    let num_params = model.num_params();
+    let seq = spec.model.max_seq_len;
+    let optim_config = AdamWConfig::new()
+        .with_weight_decay(spec.weight_decay as f32)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)));
+    let mut optim = optim_config.init::<B, SwitchLm<B>>();
+    let mut expert_optim = optim_config.init::<B, SwitchLm<B>>();
+    let expert_ids = expert_param_ids(&model);
+    let schedule = WarmupCosineLr::new(spec.lr, spec.lr * 0.1, spec.warmup_steps, spec.steps);
+    let mut rng = SplitMix(spec.seed ^ 0x5EED);
+    let tokens_per_step = spec.batch_size * seq;
+
+    let mut points = Vec::new();
+    let mut routing = Vec::new();
+    let mut acc = Accumulator::default();
+    let mut route_acc: Vec<Vec<f64>> = Vec::new();
+    let mut route_n = 0usize;
+    let mut train_time = 0.0;
+    let mut diverged_at = None;
+    let started = Instant::now();
+
+    for step in 1..=spec.steps {
+        let t0 = Instant::now();
+        let starts: Vec<usize> = (0..spec.batch_size)
+            .map(|_| rng.below(corpus.train.len() - seq - 1))
+            .collect();
+        let out = model.forward_step(batch::<B>(&corpus.train, &starts, seq, device));
+        let mut grads = out.loss.backward();
+        let lr = schedule.lr_at(step);
+        if spec.expert_lr_ratio != 1.0 {
+            let expert_grads = GradientsParams::from_params(&mut grads, &model, &expert_ids);
+            let rest = GradientsParams::from_grads(grads, &model);
+            model = optim.step(lr, model, rest);
+            model = expert_optim.step(lr * spec.expert_lr_ratio, model, expert_grads);
+        } else {
+            let grads = GradientsParams::from_grads(grads, &model);
+            model = optim.step(lr, model, grads);
+        }
+        // Host copies of the step's numbers (the backend syncs here anyway for the optimiser).
+        let ce = to_f64(out.cross_entropy)[0];
+        let fractions = out.moe.token_fractions();
+        let [layers, experts] = fractions.dims();
+        let fractions = to_f64(fractions);
+        let dropped = to_f64(out.moe.dropped_fraction());
+        let entropy = to_f64(out.moe.router_entropy());
+        train_time += t0.elapsed().as_secs_f64();
+        if !ce.is_finite() {
+            diverged_at = Some(step);
+            eprintln!(
+                "[{}] step {step}: loss is {ce}, the run diverged; stopping",
+                spec.name
+            );
+            break;
+        }
+        let max_load = (0..layers)
+            .map(|l| {
+                fractions[l * experts..(l + 1) * experts]
+                    .iter()
+                    .fold(0.0f64, |m, v| m.max(*v))
+                    * experts as f64
+            })
+            .sum::<f64>()
+            / layers as f64;
+        acc.add(
+            ce,
+            to_f64(out.moe.aux_loss)[0],
+            to_f64(out.moe.z_loss)[0],
+            mean(&dropped),
+            mean(&entropy),
+            max_load,
+        );
+        if route_acc.is_empty() {
+            route_acc = vec![vec![0.0; experts]; layers];
+        }
+        for l in 0..layers {
+            for e in 0..experts {
+                route_acc[l][e] += fractions[l * experts + e];
+            }
+        }
+        route_n += 1;
+        if step % spec.log_every == 0 || step == spec.steps {
+            for (l, row) in route_acc.iter_mut().enumerate() {
+                routing.push(RoutingRow {
+                    step,
+                    layer: l,
+                    fractions: row.iter().map(|v| v / route_n as f64).collect(),
+                });
+                row.iter_mut().for_each(|v| *v = 0.0);
+            }
+            route_n = 0;
+        }
+        if step % spec.eval_every == 0 || step == spec.steps {
+            let valid_ce = evaluate(&model.valid(), corpus, spec, device);
+            let point = acc.point(
+                step,
+                (step * tokens_per_step) as f64 / corpus.train.len() as f64,
+                valid_ce,
+                expert_norms(&model),
+            );
+            eprintln!(
+                "[{}] step {step}/{} epoch {:.2}: train {:.4} valid {:.4} aux {:.3} drop {:.3} \
+                 H {:.3} load {:.2} ({:.0} tok/s, {:.0} s)",
+                spec.name,
+                spec.steps,
+                point.epoch,
+                point.train_ce,
+                point.valid_ce,
+                point.aux,
+                point.dropped,
+                point.entropy,
+                point.max_load,
+                (step * tokens_per_step) as f64 / train_time,
+                started.elapsed().as_secs_f64()
+            );
+            points.push(point);
+            acc = Accumulator::default();
+        }
+    }
+    let steps_done = diverged_at.map_or(spec.steps, |s| s - 1);
+    RunLog {
+        spec: spec.clone(),
+        points,
+        routing,
+        tokens_per_s: (steps_done * tokens_per_step) as f64 / train_time.max(1e-9),
+        wall_s: started.elapsed().as_secs_f64(),
+        diverged_at,
+        num_params,
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+#[derive(Default)]
+struct Accumulator {
+    n: usize,
+    ce: f64,
+    aux: f64,
+    z: f64,
+    dropped: f64,
+    entropy: f64,
+    max_load: f64,
+}
+
+impl Accumulator {
+    fn add(&mut self, ce: f64, aux: f64, z: f64, dropped: f64, entropy: f64, max_load: f64) {
+        self.n += 1;
+        self.ce += ce;
+        self.aux += aux;
+        self.z += z;
+        self.dropped += dropped;
+        self.entropy += entropy;
+        self.max_load += max_load;
+    }
+
+    fn point(&self, step: usize, epoch: f64, valid_ce: f64, expert_norm: Vec<f64>) -> Point {
+        let n = self.n.max(1) as f64;
+        Point {
+            step,
+            epoch,
+            train_ce: self.ce / n,
+            valid_ce,
+            aux: self.aux / n,
+            z: self.z / n,
+            dropped: self.dropped / n,
+            entropy: self.entropy / n,
+            max_load: self.max_load / n,
+            expert_norm,
+        }
+    }
+}
+
+/// A compact model config for the experiments: pre-norm, causal, every other layer sparse.
+pub fn lm_config(
+    vocab_size: usize,
+    seq: usize,
+    d_model: usize,
+    d_ff: usize,
+    n_layers: usize,
+    num_experts: usize,
+) -> SwitchLmConfig {
+    let encoder = switch_moe::SwitchEncoderConfig::new(d_model, d_ff, 4, n_layers, num_experts)
+        .with_norm_first(true)
+        .with_moe_every(2);
+    SwitchLmConfig::new(vocab_size, seq, encoder)
+}
+
+/// The mean over runs (e.g. seeds) of a per-point quantity, against step (or epoch when
+/// `by_epoch`), cut to the shortest run.
+pub fn mean_curve(
+    runs: &[&RunLog],
+    by_epoch: bool,
+    value: impl Fn(&Point) -> f64,
+) -> Vec<(f64, f64)> {
+    let n = runs.iter().map(|r| r.points.len()).min().unwrap_or(0);
+    (0..n)
+        .map(|i| {
+            let p = &runs[0].points[i];
+            let x = if by_epoch { p.epoch } else { p.step as f64 };
+            let v = runs.iter().map(|r| value(&r.points[i])).sum::<f64>() / runs.len() as f64;
+            (x, v)
+        })
+        .collect()
+}
+
+/// A spec with the settings all experiments share; each program changes what it studies.
+pub fn base_spec(
+    name: String,
+    model: SwitchLmConfig,
+    seed: u64,
+    steps: usize,
+    batch_size: usize,
+) -> RunSpec {
+    RunSpec {
+        name,
+        model,
+        seed,
+        steps,
+        batch_size,
+        // Fastest stable lr found for this size; warm-up 5% then cosine to 10%.
+        lr: 3e-3,
+        expert_lr_ratio: 1.0,
+        warmup_steps: (steps / 20).max(1),
+        weight_decay: 0.01,
+        eval_every: (steps / 20).max(1),
+        eval_windows: 128,
+        log_every: (steps / 60).max(1),
+    }
+}
