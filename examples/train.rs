@@ -95,10 +95,14 @@ struct Args {
     /// Peak learning rate (AdamW, warm-up then cosine).
     #[arg(long)]
     lr: Option<f64>,
+    /// Early stopping: stop when the validation loss has not improved for this many epochs and
+    /// keep the best epoch's weights.
+    #[arg(long)]
+    patience: Option<usize>,
     /// Seed of initialisation, shuffling and sampling.
     #[arg(long)]
     seed: Option<u64>,
-    /// Defaults for flags left out: cpu or gpu. Default: gpu with the wgpu backend, else cpu.
+    /// Defaults for flags left out: cpu or gpu. Default: gpu with the wgpu or cuda backend, else cpu.
     #[arg(long, value_parser = ["cpu", "gpu"])]
     preset: Option<String>,
     /// Plain progress lines even on a terminal (no dashboard).
@@ -126,7 +130,7 @@ fn preset(name: &str) -> TrainingConfig {
 
 fn build_config(args: &Args) -> Result<TrainingConfig, switch_moe::Error> {
     let name = args.preset.clone().unwrap_or_else(|| {
-        if switch_moe::backend::NAME == "wgpu" {
+        if matches!(switch_moe::backend::NAME, "wgpu" | "cuda") {
             "gpu"
         } else {
             "cpu"
@@ -158,6 +162,9 @@ fn build_config(args: &Args) -> Result<TrainingConfig, switch_moe::Error> {
     set!(args.epochs, c.num_epochs);
     set!(args.lr, c.lr);
     set!(args.seed, c.seed);
+    if args.patience.is_some() {
+        c.patience = args.patience;
+    }
     if args.max_steps.is_some() {
         c.max_steps = args.max_steps;
     } else if args.epochs.is_some() {
@@ -223,6 +230,10 @@ fn run<B: AutodiffBackend>(args: Args, device: B::Device) -> Result<(), switch_m
             loss.exp()
         );
     }
+    println!(
+        "model.mpk holds the weights of epoch {}",
+        summary.saved_epoch
+    );
 
     let (model, tokenizer, _) = load_trained::<B::InnerBackend>(&artifact_dir, &device)?;
     for (i, prompt) in ["ROMEO:", "First Citizen:\n", "The king"]

@@ -185,3 +185,62 @@ fn bpe_tokenizer_round_trips_and_saves() {
     let loaded = TextTokenizer::load(&dir.join("chars.json")).unwrap();
     assert_eq!(loaded.decode(&[3, 1, 2, 0]).unwrap(), "cab\n");
 }
+
+/// Early stopping through the Learner: on a corpus whose validation tail contradicts its training
+/// head, the validation loss stops improving early; training must stop `patience` epochs after
+/// the best epoch and `model.mpk` must hold the best epoch's weights, not the last ones.
+#[test]
+fn early_stopping_keeps_the_best_epoch() {
+    let dir = scratch("early_stopping");
+    // Training text: "ab" repeated; validation text: "ba" repeated with 'c's, which the model
+    // learns to mispredict more confidently every epoch.
+    let text = format!("{}{}", "ab".repeat(2700), "bcacba".repeat(100));
+    let data = dir.join("corpus.txt");
+    std::fs::write(&data, &text).unwrap();
+    let opts = options(&dir, &data);
+    let epochs = 8;
+    let config = tiny_config(16)
+        .with_num_epochs(epochs)
+        .with_max_steps(Some(8 * epochs))
+        .with_patience(Some(1));
+    let summary = train::<AB>(config, &opts, device()).expect("training runs");
+
+    let losses = &summary.valid_loss;
+    let (best_i, best) = losses
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap();
+    let best_epoch = summary.epochs.start() + best_i;
+    assert!(
+        *summary.epochs.end() < epochs,
+        "validation loss {losses:?} should have stopped the run before epoch {epochs}"
+    );
+    assert_eq!(
+        *summary.epochs.end(),
+        best_epoch + 1,
+        "patience 1: one epoch without improvement after the best ({best:.4}); losses {losses:?}"
+    );
+    assert_eq!(summary.saved_epoch, best_epoch);
+
+    // model.mpk equals the best epoch's checkpoint, and differs from the last epoch's.
+    let read = |path: PathBuf| std::fs::read(path).expect("model file");
+    let run = &opts.artifact_dir;
+    let saved = read(run.join("model.mpk"));
+    let best_ckpt = read(
+        run.join("checkpoint")
+            .join(format!("model-{best_epoch}.mpk")),
+    );
+    let last_ckpt = read(
+        run.join("checkpoint")
+            .join(format!("model-{}.mpk", summary.epochs.end())),
+    );
+    assert!(
+        saved == best_ckpt,
+        "model.mpk is not the best epoch's checkpoint"
+    );
+    assert!(
+        saved != last_ckpt,
+        "model.mpk holds the last epoch's weights"
+    );
+}

@@ -14,10 +14,11 @@ use burn::record::{DefaultRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use burn::train::metric::LearningRateMetric;
-use burn::train::{Learner, SupervisedTraining};
+use burn::train::metric::store::{Aggregate, Direction, Split};
+use burn::train::{Learner, MetricEarlyStoppingStrategy, StoppingCondition, SupervisedTraining};
 
 use super::logger::ResumeAwareLogger;
-use super::metrics::StatMetric;
+use super::metrics::{StatKind, StatMetric};
 use super::renderer::PlainRenderer;
 use super::routing_csv::{ROUTING_CSV, RoutingCsvMetric};
 use super::schedule::WarmupCosineLr;
@@ -77,6 +78,9 @@ pub struct TrainingConfig {
     /// Seed of initialisation and shuffling.
     #[config(default = 42)]
     pub seed: u64,
+    /// Early stopping: stop once the validation loss has not improved for this many epochs, and
+    /// save the best epoch's weights as `model.mpk`. None (default): train every epoch.
+    pub patience: Option<usize>,
 }
 
 impl TrainingConfig {
@@ -93,6 +97,9 @@ impl TrainingConfig {
         }
         if self.num_epochs == 0 {
             return flag("--epochs", "must be at least 1".into());
+        }
+        if self.patience == Some(0) {
+            return flag("--patience", "must be at least 1 epoch".into());
         }
         if self.max_steps == Some(0) {
             return flag("--max-steps", "must be at least 1".into());
@@ -199,6 +206,8 @@ pub struct TrainSummary {
     pub epochs: std::ops::RangeInclusive<usize>,
     /// Validation loss (cross-entropy) of each epoch trained in this call.
     pub valid_loss: Vec<f64>,
+    /// The epoch whose weights `model.mpk` holds: the last one, or with `patience` the best.
+    pub saved_epoch: usize,
     /// Tokenizer vocabulary size.
     pub vocab_size: usize,
     /// Model parameters.
@@ -372,6 +381,17 @@ pub fn train<B: AutodiffBackend>(
     if let Some(epoch) = resume_from {
         training = training.checkpoint(epoch);
     }
+    if let Some(n_epochs) = config.patience {
+        // The Learner's default checkpointing keeps the epoch of lowest validation "Loss" (our
+        // cross-entropy metric has that name), so the best weights survive the stop.
+        training = training.early_stopping(MetricEarlyStoppingStrategy::new(
+            &StatMetric::new(StatKind::Loss),
+            Aggregate::Mean,
+            Direction::Lowest,
+            Split::Valid,
+            StoppingCondition::NoImprovementSince { n_epochs },
+        ));
+    }
     let first_epoch = resume_from.map_or(1, |e| e + 1);
     training = training.with_metric_logger(ResumeAwareLogger::new(&dir.0, first_epoch));
     let plain = options
@@ -382,22 +402,45 @@ pub fn train<B: AutodiffBackend>(
     }
     let result = training.launch(Learner::new(model, optimizer, schedule));
 
-    result
-        .model
-        .save_file(dir.model(), &DefaultRecorder::new())
-        .map_err(|e| {
-            Error::Checkpoint(format!("cannot save the model to {}: {e}", dir.0.display()))
-        })?;
-
-    let epochs = first_epoch..=config.num_epochs;
-    let valid_loss = epochs
+    // Epochs actually trained (early stopping may end the run before num_epochs).
+    let last_epoch = (first_epoch..=config.num_epochs)
+        .take_while(|e| epoch_metric(&dir.0, "valid", *e, "Loss").is_some())
+        .last()
+        .unwrap_or(first_epoch);
+    let epochs = first_epoch..=last_epoch;
+    let valid_loss: Vec<f64> = epochs
         .clone()
         .filter_map(|e| epoch_metric(&dir.0, "valid", e, "Loss"))
         .collect();
+    let best_epoch = epochs
+        .clone()
+        .zip(&valid_loss)
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(e, _)| e);
+    let save_err = |e: burn::record::RecorderError| {
+        Error::Checkpoint(format!("cannot save the model to {}: {e}", dir.0.display()))
+    };
+    match best_epoch {
+        Some(best) if config.patience.is_some() && best != last_epoch => {
+            let file = dir.checkpoints().join(format!("model-{best}"));
+            load_checked::<B::InnerBackend>(&config.model, &file, &device)?
+                .save_file(dir.model(), &DefaultRecorder::new())
+                .map_err(save_err)?;
+        }
+        _ => result
+            .model
+            .save_file(dir.model(), &DefaultRecorder::new())
+            .map_err(save_err)?,
+    }
     Ok(TrainSummary {
         artifact_dir: dir.0,
         epochs,
         valid_loss,
+        saved_epoch: if config.patience.is_some() {
+            best_epoch.unwrap_or(last_epoch)
+        } else {
+            last_epoch
+        },
         vocab_size: config.model.vocab_size,
         num_params,
         split_tokens: (train_tokens.len(), valid_tokens.len()),
