@@ -5,19 +5,28 @@
 //! ```sh
 //! cargo bench --bench moe                 # full sweep (ndarray; --features wgpu / tch)
 //! cargo bench --bench moe -- --quick      # T = 2048 only, E in {8, 32}, fewer repeats
+//! cargo bench --bench moe -- --peer "$(benches/peers/setup.sh | tail -n 1)"   # + PyTorch peer
+//! cargo bench --bench moe -- --train      # end-to-end training tokens/s of the default LM
 //! ```
 //!
 //! Every time is a median over repeats after warm-up; every ratio divides two medians of the same
-//! run (machines are noisy, runs are not comparable with each other).
+//! run (machines are noisy, runs are not comparable with each other). With `--peer PYTHON`, each
+//! case also runs `benches/peers/moe_peer.py` (same shapes, same thread count: the machine's
+//! cores, or `$BENCH_THREADS`) right after the Rust timings and prints switch-moe / PyTorch.
 
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::{AutodiffModule, Module};
 use burn::nn::activation::ActivationConfig;
 use burn::nn::transformer::{PositionWiseFeedForward, PositionWiseFeedForwardConfig};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, IndexingUpdateOp, Int, Tensor, TensorData};
-use switch_moe::{SwitchFeedForward, SwitchFeedForwardConfig};
+use switch_moe::{
+    LmBatch, SwitchEncoderConfig, SwitchFeedForward, SwitchFeedForwardConfig, SwitchLm,
+    SwitchLmConfig,
+};
 
 type Ad = switch_moe::backend::SelectedAutodiff;
 type Inner = <Ad as AutodiffBackend>::InnerBackend;
@@ -110,7 +119,49 @@ fn naive_forward<B: Backend>(
     out
 }
 
-fn run_case(case: &Case, warmup: usize, reps: usize) {
+/// Times of the PyTorch peer for one case (ms).
+struct Peer {
+    dense_fb: f64,
+    hf_fb: f64,
+    grouped_fb: f64,
+}
+
+fn run_peer(python: &str, case: &Case, threads: usize, reps: usize) -> Option<Peer> {
+    let out = std::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/peers/moe_peer.py"
+        ))
+        .args(["--json", "--warmup", "1", "--capacity-factor", "1.25"])
+        .args(["--tokens", &case.tokens.to_string()])
+        .args(["--d-model", &case.d_model.to_string()])
+        .args(["--d-ff", &case.d_ff.to_string()])
+        .args(["--experts", &case.experts.to_string()])
+        .args(["--top-k", &case.top_k.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .args(["--reps", &reps.to_string()])
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            eprintln!("peer failed: {}", String::from_utf8_lossy(&o.stderr));
+            return None;
+        }
+        Err(e) => {
+            eprintln!("cannot run the peer with {python}: {e}");
+            return None;
+        }
+    };
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.lines().last()?).ok()?;
+    Some(Peer {
+        dense_fb: v["dense_fb_ms"].as_f64()?,
+        hf_fb: v["hf_fb_ms"].as_f64()?,
+        grouped_fb: v["grouped_fb_ms"].as_f64()?,
+    })
+}
+
+fn run_case(case: &Case, warmup: usize, reps: usize, peer: Option<(&str, usize)>) {
     let device = switch_moe::backend::default_device();
     let Case {
         tokens: t,
@@ -119,8 +170,11 @@ fn run_case(case: &Case, warmup: usize, reps: usize) {
         experts: e,
         top_k: k,
     } = *case;
+    // Forward-only (inference) and forward+backward use the same capacity factor 1.25, so that
+    // both compare the same FLOPs with the dense FFN (the default eval factor is 2.0).
     let moe_config = SwitchFeedForwardConfig::new(d, f, e)
         .with_top_k(k)
+        .with_eval_capacity_factor(1.25)
         .with_dropout(0.0);
     let moe: SwitchFeedForward<Ad> = moe_config.init(&device);
     let dense: PositionWiseFeedForward<Ad> = PositionWiseFeedForwardConfig::new(d, f)
@@ -161,6 +215,16 @@ fn run_case(case: &Case, warmup: usize, reps: usize) {
         let _g = loss.backward();
         Ad::sync(&device).unwrap();
     });
+    let moe_dropless = SwitchFeedForward {
+        dropless: true,
+        ..moe.clone()
+    };
+    let dropless_fb = time(warmup, reps, || {
+        let (y, stats) = moe_dropless.forward(x.clone().require_grad(), None);
+        let loss = y.sum() + stats.aux_loss.mul_scalar(0.01);
+        let _g = loss.backward();
+        Ad::sync(&device).unwrap();
+    });
     let x2 = x.clone().reshape([t, d]);
     let naive_fb = time(warmup.min(1), reps.min(3), || {
         let y = naive_forward(&moe, x2.clone().require_grad(), capacity);
@@ -168,32 +232,135 @@ fn run_case(case: &Case, warmup: usize, reps: usize) {
         Ad::sync(&device).unwrap();
     });
 
-    println!(
-        "| {t:>5} | {d}/{f} | {e:>3} | {k} | {dense_fwd:>8.1} | {moe_fwd:>8.1} | {:>5.2} | {dense_fb:>8.1} | {moe_fb:>8.1} | {:>5.2} | {naive_fb:>8.1} | {:>5.2} |",
+    let mut row = format!(
+        "| {t:>5} | {d}/{f} | {e:>3} | {k} | {dense_fwd:>7.1} | {moe_fwd:>7.1} | {:>5.2} | {dense_fb:>7.1} | {moe_fb:>7.1} | {:>5.2} | {:>5.2} | {naive_fb:>7.1} | {:>5.2} |",
         moe_fwd / dense_fwd,
         moe_fb / dense_fb,
+        dropless_fb / dense_fb,
         naive_fb / moe_fb,
+    );
+    if let Some((python, threads)) = peer {
+        match run_peer(python, case, threads, reps) {
+            Some(p) => row.push_str(&format!(
+                " {:>7.1} | {:>7.1} | {:>5.2} | {:>5.2} | {:>5.2} | {:>5.2} |",
+                p.dense_fb,
+                p.hf_fb,
+                p.hf_fb / p.dense_fb,
+                dense_fb / p.dense_fb,
+                moe_fb / p.hf_fb,
+                moe_fb / p.grouped_fb,
+            )),
+            None => row.push_str(" — | — | — | — | — | — |"),
+        }
+    }
+    println!("{row}");
+}
+
+/// Only the batched MoE's forward + backward (T = 2048, d 256, d_ff 1024, top-1), `iters` times:
+/// for `perf record` / callgrind, so that the profile holds nothing else.
+fn profile_moe(experts: usize, iters: usize) {
+    let device = switch_moe::backend::default_device();
+    let (t, d, f) = (2048, 256, 1024);
+    let moe: SwitchFeedForward<Ad> = SwitchFeedForwardConfig::new(d, f, experts)
+        .with_dropout(0.0)
+        .init(&device);
+    let x = Tensor::<Ad, 3>::random([1, t, d], Distribution::Normal(0.0, 1.0), &device);
+    let ms = time(1, iters, || {
+        let (y, stats) = moe.forward(x.clone().require_grad(), None);
+        let loss = y.sum() + stats.aux_loss.mul_scalar(0.01);
+        let _g = loss.backward();
+        Ad::sync(&device).unwrap();
+    });
+    println!("MoE f+b, T {t}, d {d}/{f}, E {experts}: median {ms:.1} ms over {iters}");
+}
+
+/// End-to-end training throughput of the default LM config (examples/train.rs, cpu preset):
+/// d 128, d_ff 512, 4 layers (2 sparse, E = 8, top-1, cf 1.25), vocab 1024, 32 × 128 tokens per
+/// step; forward, backward and an AdamW step on random tokens.
+fn train_throughput(steps: usize) {
+    let device = switch_moe::backend::default_device();
+    let (vocab, seq, batch) = (1024, 128, 32);
+    let encoder = SwitchEncoderConfig::new(128, 512, 4, 4, 8).with_norm_first(true);
+    let mut model: SwitchLm<Ad> = SwitchLmConfig::new(vocab, seq, encoder).init(&device);
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(0.01)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+        .init::<Ad, SwitchLm<Ad>>();
+    let tokens = || {
+        Tensor::<Ad, 2, Int>::random(
+            [batch, seq],
+            Distribution::Uniform(0.0, vocab as f64),
+            &device,
+        )
+    };
+    let mut step_ms = Vec::new();
+    for i in 0..steps + 2 {
+        let batch = LmBatch {
+            inputs: tokens(),
+            targets: tokens(),
+        };
+        Ad::sync(&device).unwrap();
+        let start = Instant::now();
+        let out = model.forward_step(batch);
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        model = optim.step(1e-3, model, grads);
+        Ad::sync(&device).unwrap();
+        if i >= 2 {
+            step_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let ms = median(step_ms);
+    println!(
+        "training, default LM (cpu preset, {:.2} M params): median step {ms:.0} ms over {steps} steps = {:.0} tokens/s",
+        model.num_params() as f64 / 1e6,
+        (batch * seq) as f64 / (ms / 1e3)
     );
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let peer = args.iter().position(|a| a == "--peer").map(|i| {
+        args.get(i + 1)
+            .cloned()
+            .expect("--peer needs a python path")
+    });
+    let threads = std::env::var("BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!(
         "backend {}, {threads} threads, {} mode; times in ms (median)",
         switch_moe::backend::NAME,
         if quick { "quick" } else { "full" }
     );
-    println!(
-        "| T | d/f | E | k | dense fwd | MoE fwd | MoE/dense | dense f+b | MoE f+b | MoE/dense | naive f+b | naive/MoE |"
+    if let Some(i) = args.iter().position(|a| a == "--profile") {
+        let e = args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .expect("--profile E");
+        profile_moe(e, 20);
+        return;
+    }
+    if args.iter().any(|a| a == "--train") {
+        train_throughput(if quick { 5 } else { 10 });
+        return;
+    }
+    let mut header = String::from(
+        "| T | d/f | E | k | dense fwd | MoE fwd | MoE/dense | dense f+b | MoE f+b | MoE/dense | dropless/dense | naive f+b | naive/MoE |",
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut rule = String::from("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    if peer.is_some() {
+        header.push_str(" torch dense f+b | torch HF f+b | HF/dense | dense: ours/torch | MoE: ours/HF | MoE: ours/grouped |");
+        rule.push_str("---|---|---|---|---|---|");
+    }
+    println!("{header}\n{rule}");
     let (tokens, experts, ks, reps): (&[usize], &[usize], &[usize], usize) = if quick {
         (&[2048], &[8, 32], &[1], 3)
     } else {
-        (&[1024, 8192], &[1, 8, 32, 128], &[1, 2], 5)
+        (&[1024, 2048, 8192], &[1, 8, 32, 128], &[1, 2], 5)
     };
-    let (d, f) = if switch_moe::backend::NAME == "wgpu" {
+    let (d, f) = if matches!(switch_moe::backend::NAME, "wgpu" | "cuda") {
         (1024, 4096)
     } else {
         (256, 1024)
@@ -211,7 +378,7 @@ fn main() {
                     experts: e,
                     top_k: k,
                 };
-                run_case(&case, 1, reps);
+                run_case(&case, 1, reps, peer.as_deref().map(|p| (p, threads)));
             }
         }
     }
