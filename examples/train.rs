@@ -288,6 +288,8 @@ fn describe(error: &switch_moe::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    // CPU training allocates many large buffers per step; keep them in the heap (glibc).
+    switch_moe::backend::keep_freed_memory();
     let args = Args::parse();
     let device = switch_moe::backend::default_device();
     match run::<switch_moe::backend::SelectedAutodiff>(args, device) {
