@@ -150,14 +150,7 @@ fn main() {
     };
     let all: Vec<usize> = (0..arms.len()).collect();
     let valid = series(|p| p.valid_ce, &all);
-    let y_lo = valid
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .fold(f64::MAX, f64::min);
-    let y_hi = valid
-        .iter()
-        .filter_map(|s| s.points.get(s.points.len() / 8).map(|p| p.1))
-        .fold(f64::MIN, f64::max);
+    let (y_lo, y_hi) = plot::loss_range(&valid, 8);
     let plot_or_fail = |r: Result<(), String>| r.unwrap_or_else(|e| fail(&e));
     plot_or_fail(plot::lines(
         &out.join("valid_loss.png"),
@@ -179,10 +172,7 @@ fn main() {
             });
         }
     }
-    let g_lo = gap
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .fold(f64::MAX, f64::min);
+    let (g_lo, _) = plot::loss_range(&gap, 1);
     plot_or_fail(plot::lines(
         &out.join("train_vs_valid.png"),
         "Train vs validation loss: dense and Switch",

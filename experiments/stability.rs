@@ -17,7 +17,7 @@
 mod common;
 
 use clap::Parser;
-use common::cli::{CommonArgs, Scale, fail, load_char_corpus};
+use common::cli::{CommonArgs, fail, load_char_corpus};
 use common::plot::{self, Series};
 use common::run::{RunLog, base_spec, lm_config, mean_curve, train_run};
 use switch_moe::backend::{SelectedAutodiff, default_device};
@@ -46,10 +46,7 @@ fn main() {
     let out = args.common.out_dir("stability");
     let corpus = load_char_corpus(&args.common, None);
     let device = default_device();
-    let (d, f, layers, seq, batch, steps) = match args.common.scale {
-        Scale::Cpu => (64, 256, 4, 64, 32, 500),
-        Scale::Gpu => (256, 1024, 6, 256, 32, 4000),
-    };
+    let (d, f, layers, seq, batch, steps) = args.common.scale.standard_size();
     let steps = args.common.steps.unwrap_or(steps);
     // The init-scale claim is about variance across runs: those two arms run on every seed, the
     // balance arms on the first (their effect is far larger than the seed-to-seed spread).
@@ -160,14 +157,7 @@ fn main() {
             .unwrap_or_else(|e| fail(&e));
     }
     let valid = series(|p| p.valid_ce);
-    let y_lo = valid
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .fold(f64::MAX, f64::min);
-    let y_hi = valid
-        .iter()
-        .filter_map(|s| s.points.get(s.points.len() / 5).map(|p| p.1))
-        .fold(f64::MIN, f64::max);
+    let (y_lo, y_hi) = plot::loss_range(&valid, 5);
     plot::lines(
         &out.join("valid_loss.png"),
         "Validation loss",

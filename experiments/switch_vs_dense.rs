@@ -14,7 +14,7 @@
 mod common;
 
 use clap::Parser;
-use common::cli::{CommonArgs, Scale, fail, load_char_corpus};
+use common::cli::{CommonArgs, fail, load_char_corpus};
 use common::plot::{self, Series};
 use common::run::{RunLog, base_spec, lm_config, mean_curve, train_run};
 use switch_moe::backend::{SelectedAutodiff, default_device};
@@ -37,10 +37,7 @@ fn main() {
     let device = default_device();
     // Char-level tiny-shakespeare; a 4-layer d 64 model sees 2048 tokens a step. Small enough that
     // 10 runs fit in 30 minutes on 2 cores; the lr is the one that trains this size fastest.
-    let (d, f, layers, seq, batch, steps) = match args.common.scale {
-        Scale::Cpu => (64, 256, 4, 64, 32, 500),
-        Scale::Gpu => (256, 1024, 6, 256, 32, 4000),
-    };
+    let (d, f, layers, seq, batch, steps) = args.common.scale.standard_size();
     let steps = args.common.steps.unwrap_or(steps);
     let seeds = args.common.seeds_or(&[1, 2]);
     if args.experts.contains(&0) {
@@ -83,14 +80,7 @@ fn main() {
         .zip(&args.experts)
         .find(|(_, e)| **e == 1)
         .and_then(|(s, _)| s.points.last().map(|p| p.1));
-    let y_hi = series
-        .iter()
-        .filter_map(|s| s.points.get(s.points.len() / 5).map(|p| p.1))
-        .fold(f64::MIN, f64::max);
-    let y_lo = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .fold(f64::MAX, f64::min);
+    let (y_lo, y_hi) = plot::loss_range(&series, 5);
     plot::lines(
         &out.join("valid_loss.png"),
         &format!("Validation loss, mean of {} seed(s)", seeds.len()),

@@ -35,6 +35,17 @@ pub enum Scale {
     Gpu,
 }
 
+impl Scale {
+    /// The model and budget shared by experiments 1–3:
+    /// `(d_model, d_ff, layers, seq_len, batch, steps)`.
+    pub fn standard_size(self) -> (usize, usize, usize, usize, usize, usize) {
+        match self {
+            Scale::Cpu => (64, 256, 4, 64, 32, 500),
+            Scale::Gpu => (256, 1024, 6, 256, 32, 4000),
+        }
+    }
+}
+
 impl CommonArgs {
     /// The output directory, created.
     pub fn out_dir(&self, experiment: &str) -> PathBuf {

@@ -220,3 +220,17 @@ pub fn routing_panels(log: &super::run::RunLog, label: &str) -> Vec<Panel> {
         })
         .collect()
 }
+
+/// A y range for loss curves: from the lowest point of any series up to the highest value at
+/// `1/skip` of the way along, so that the first steps' high losses do not flatten the rest.
+pub fn loss_range(series: &[Series], skip: usize) -> (f64, f64) {
+    let lo = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(f64::MAX, f64::min);
+    let hi = series
+        .iter()
+        .filter_map(|s| s.points.get(s.points.len() / skip).map(|p| p.1))
+        .fold(f64::MIN, f64::max);
+    (lo, hi)
+}
