@@ -190,30 +190,35 @@ fn main() {
         &series(|p| p.expert_norm.first().copied().unwrap_or(f64::NAN), &all),
         None,
     ));
-    plot_or_fail(plot::lines(
-        &out.join("dropped.png"),
-        "Dropped-token fraction in training",
-        "epoch",
-        "dropped fraction",
-        &series(|p| p.dropped, &sparse),
-        None,
-    ));
-    plot_or_fail(plot::lines(
-        &out.join("entropy.png"),
-        "Router entropy (ln 8 = 2.08 is uniform)",
-        "epoch",
-        "entropy (nats)",
-        &series(|p| p.entropy, &sparse),
-        None,
-    ));
-    plot_or_fail(plot::lines(
-        &out.join("max_load.png"),
-        "Load of the busiest expert (E · max fraction)",
-        "epoch",
-        "E · max fraction",
-        &series(|p| p.max_load, &sparse),
-        None,
-    ));
+    for (file, title, y, value) in [
+        (
+            "dropped.png",
+            "Dropped-token fraction in training",
+            "dropped fraction",
+            (|p: &Point| p.dropped) as fn(&Point) -> f64,
+        ),
+        (
+            "entropy.png",
+            "Router entropy (ln 8 = 2.08 is uniform)",
+            "entropy (nats)",
+            |p| p.entropy,
+        ),
+        (
+            "max_load.png",
+            "Load of the busiest expert (E · max fraction)",
+            "E · max fraction",
+            |p| p.max_load,
+        ),
+    ] {
+        plot_or_fail(plot::lines(
+            &out.join(file),
+            title,
+            "epoch",
+            y,
+            &series(value, &sparse),
+            None,
+        ));
+    }
     if let Some((_, log)) = logs
         .iter()
         .find(|(a, l)| *a == 1 && l.spec.seed == seeds[0])
