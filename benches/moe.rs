@@ -179,7 +179,7 @@ fn run_case(case: &Case, warmup: usize, reps: usize, peer: Option<(&str, usize)>
     let moe_config = SwitchFeedForwardConfig::new(d, f, e)
         .with_top_k(k)
         .with_eval_capacity_factor(1.25)
-        .with_dropout(0.0);
+        .with_expert_dropout(0.0);
     let moe: SwitchFeedForward<Ad> = moe_config.init(&device);
     let dense: PositionWiseFeedForward<Ad> = PositionWiseFeedForwardConfig::new(d, f)
         .with_dropout(0.0)
@@ -272,7 +272,7 @@ fn profile_moe(experts: usize, iters: usize) {
     let device = switch_moe::backend::default_device();
     let (t, d, f) = (2048, 256, 1024);
     let moe: SwitchFeedForward<Ad> = SwitchFeedForwardConfig::new(d, f, experts)
-        .with_dropout(0.0)
+        .with_expert_dropout(0.0)
         .init(&device);
     let x = Tensor::<Ad, 3>::random([1, t, d], Distribution::Normal(0.0, 1.0), &device);
     let ms = time(1, iters, || {

@@ -1,33 +1,71 @@
-//! Embedding `SwitchEncoderLayer` in your own Burn model.
+//! Embedding `SwitchEncoderLayer` in your own Burn model and training it with burn-train's
+//! Learner: the per-expert token fractions and the routing losses appear on the dashboard (and in
+//! the metric logs) through one `Adaptor<RoutingStats>` impl — nothing is copied from this crate.
 //!
-//! A small sequence classifier on synthetic data: each class draws its tokens mostly from its own
-//! quarter of the vocabulary. The model is embedding → `SwitchEncoderLayer` → mean pool → linear,
-//! and its loss adds the layer's load-balancing and z-losses to the cross-entropy. It trains with
-//! a plain loop and prints the loss, accuracy and per-expert token fractions.
+//! The model is a small sequence classifier on synthetic data (each class draws its tokens mostly
+//! from its own quarter of the vocabulary): embedding → `SwitchEncoderLayer` → mean pool → linear.
+//! Its loss adds the layer's weighted load-balancing and z-losses to the cross-entropy.
 //!
 //! ```sh
-//! cargo run --release --example embed                  # ndarray
-//! cargo run --release --features wgpu --example embed  # wgpu
+//! cargo run --release --example embed                   # ndarray
+//! cargo run --release --features wgpu --example embed   # wgpu
+//! cargo run --release --example embed -- --epochs 5 --artifact-dir /tmp/embed
 //! ```
 
-use burn::module::{AutodiffModule, Module};
+use std::path::PathBuf;
+
+use burn::backend::Flex;
+use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::InMemDataset;
+use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::AdamConfig;
+use burn::record::DefaultRecorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
+use burn::train::metric::{
+    AccuracyInput, AccuracyMetric, Adaptor, ItemLazy, LossInput, LossMetric,
+};
+use burn::train::{
+    ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
+};
+use clap::Parser;
 use switch_moe::init::HostRng;
-use switch_moe::{MoeStats, SwitchEncoderLayer, SwitchEncoderLayerConfig};
+use switch_moe::{
+    CombinedMoeStats, MoeLossWeights, MoeStats, RoutingStats, SwitchEncoderLayer,
+    SwitchEncoderLayerConfig, routing_metrics,
+};
 
 const VOCAB: usize = 32;
 const CLASSES: usize = 4;
 const SEQ: usize = 16;
-const BATCH: usize = 32;
-const STEPS: usize = 300;
-const AUX_COEF: f64 = 0.01; // α, Switch paper §2.2
-const Z_COEF: f64 = 0.001; // β, ST-MoE §3.1
 
-/// A user's model that holds a Switch layer like any other module.
+/// Train a small classifier holding a SwitchEncoderLayer with burn-train's Learner, showing the
+/// per-expert token fractions beside loss and accuracy.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Epochs (each a pass over the synthetic training set).
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Training sequences per epoch.
+    #[arg(long, default_value_t = 2048)]
+    train_items: usize,
+    /// Validation sequences.
+    #[arg(long, default_value_t = 512)]
+    valid_items: usize,
+    /// Experts in the Switch layer.
+    #[arg(long, default_value_t = 4)]
+    experts: usize,
+    /// Where burn-train writes checkpoints and metric logs.
+    #[arg(long, default_value = "artifacts/embed")]
+    artifact_dir: PathBuf,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The user's model: a SwitchEncoderLayer where a TransformerEncoderLayer would go.
+
 #[derive(Module, Debug)]
 struct Classifier<B: Backend> {
     embedding: Embedding<B>,
@@ -36,11 +74,11 @@ struct Classifier<B: Backend> {
 }
 
 impl<B: Backend> Classifier<B> {
-    fn new(device: &B::Device) -> Self {
-        let d_model = 32;
+    fn new(num_experts: usize, device: &B::Device) -> Self {
+        let (d_model, d_ff, heads) = (32, 64, 4);
         Self {
             embedding: EmbeddingConfig::new(VOCAB, d_model).init(device),
-            encoder: SwitchEncoderLayerConfig::new(d_model, 64, 4, 4)
+            encoder: SwitchEncoderLayerConfig::new(d_model, d_ff, heads, num_experts)
                 .with_norm_first(true)
                 .with_dropout(0.0)
                 .init(device),
@@ -55,87 +93,188 @@ impl<B: Backend> Classifier<B> {
         let pooled = x.mean_dim(1).squeeze_dim::<2>(1); // [B, d]
         (self.head.forward(pooled), stats)
     }
+
+    /// Cross-entropy + α·aux + β·z, with burn's classification output and the routing stats.
+    fn forward_step(&self, batch: ClassBatch<B>) -> ClassifierOutput<B> {
+        let (logits, stats) = self.forward(batch.tokens);
+        let task = CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits.clone(), batch.labels.clone());
+        let moe = MoeStats::combine(vec![stats]);
+        let loss = task + moe.weighted_loss(MoeLossWeights::default());
+        ClassifierOutput {
+            class: ClassificationOutput::new(loss, logits, batch.labels),
+            moe,
+        }
+    }
 }
 
-/// A batch: class c draws 80% of its tokens from vocabulary quarter c, the rest uniformly.
-fn batch<B: Backend>(
-    rng: &mut HostRng,
-    device: &B::Device,
-) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>) {
-    let mut tokens = Vec::with_capacity(BATCH * SEQ);
-    let mut labels = Vec::with_capacity(BATCH);
+// ---------------------------------------------------------------------------------------------
+// The step output, and the one adaptor that brings the routing metrics.
+
+/// burn's classification output plus the Switch layer's stats (device tensors).
+struct ClassifierOutput<B: Backend> {
+    class: ClassificationOutput<B>,
+    moe: CombinedMoeStats<B>,
+}
+
+/// The same on the host, read by the metric thread.
+struct ClassifierOutputSync {
+    class: ClassificationOutput<Flex>,
+    routing: RoutingStats,
+}
+
+impl<B: Backend> ItemLazy for ClassifierOutput<B> {
+    type ItemSync = ClassifierOutputSync;
+
+    fn sync(self) -> ClassifierOutputSync {
+        ClassifierOutputSync {
+            class: self.class.sync(),
+            routing: RoutingStats::read(&self.moe), // one device transaction
+        }
+    }
+}
+
+impl Adaptor<RoutingStats> for ClassifierOutputSync {
+    fn adapt(&self) -> RoutingStats {
+        self.routing.clone()
+    }
+}
+
+impl Adaptor<LossInput<Flex>> for ClassifierOutputSync {
+    fn adapt(&self) -> LossInput<Flex> {
+        self.class.adapt()
+    }
+}
+
+impl Adaptor<AccuracyInput<Flex>> for ClassifierOutputSync {
+    fn adapt(&self) -> AccuracyInput<Flex> {
+        self.class.adapt()
+    }
+}
+
+impl<B: AutodiffBackend> TrainStep for Classifier<B> {
+    type Input = ClassBatch<B>;
+    type Output = ClassifierOutput<B>;
+
+    fn step(&self, batch: ClassBatch<B>) -> TrainOutput<ClassifierOutput<B>> {
+        let output = self.forward_step(batch);
+        let grads = output.class.loss.backward();
+        let detached = ClassifierOutput {
+            class: ClassificationOutput::new(
+                output.class.loss.detach(),
+                output.class.output.detach(),
+                output.class.targets,
+            ),
+            moe: output.moe.detach(),
+        };
+        TrainOutput::new(self, grads, detached)
+    }
+}
+
+impl<B: Backend> InferenceStep for Classifier<B> {
+    type Input = ClassBatch<B>;
+    type Output = ClassifierOutput<B>;
+
+    fn step(&self, batch: ClassBatch<B>) -> ClassifierOutput<B> {
+        self.forward_step(batch)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic data: class c draws 80% of its tokens from vocabulary quarter c, the rest uniformly.
+
+#[derive(Debug, Clone)]
+struct ClassItem {
+    tokens: Vec<i64>,
+    label: i64,
+}
+
+#[derive(Debug, Clone)]
+struct ClassBatch<B: Backend> {
+    tokens: Tensor<B, 2, Int>,
+    labels: Tensor<B, 1, Int>,
+}
+
+#[derive(Clone)]
+struct ClassBatcher;
+
+impl<B: Backend> Batcher<B, ClassItem, ClassBatch<B>> for ClassBatcher {
+    fn batch(&self, items: Vec<ClassItem>, device: &B::Device) -> ClassBatch<B> {
+        let n = items.len();
+        let tokens: Vec<i64> = items.iter().flat_map(|i| i.tokens.clone()).collect();
+        let labels: Vec<i64> = items.iter().map(|i| i.label).collect();
+        ClassBatch {
+            tokens: Tensor::from_data(TensorData::new(tokens, [n, SEQ]), device),
+            labels: Tensor::from_data(TensorData::new(labels, [n]), device),
+        }
+    }
+}
+
+fn synthetic(n: usize, seed: u64) -> InMemDataset<ClassItem> {
+    let mut rng = HostRng::new(seed);
     let quarter = VOCAB / CLASSES;
-    for _ in 0..BATCH {
-        let class = (rng.next_u64() % CLASSES as u64) as usize;
-        labels.push(class as i64);
-        for _ in 0..SEQ {
-            let token = if rng.uniform() < 0.8 {
-                class * quarter + (rng.next_u64() % quarter as u64) as usize
-            } else {
-                (rng.next_u64() % VOCAB as u64) as usize
-            };
-            tokens.push(token as i64);
-        }
-    }
-    (
-        Tensor::from_data(TensorData::new(tokens, [BATCH, SEQ]), device),
-        Tensor::from_data(TensorData::new(labels, [BATCH]), device),
-    )
+    let items = (0..n)
+        .map(|_| {
+            let class = (rng.next_u64() % CLASSES as u64) as usize;
+            let tokens = (0..SEQ)
+                .map(|_| {
+                    if rng.uniform() < 0.8 {
+                        (class * quarter) as i64 + (rng.next_u64() % quarter as u64) as i64
+                    } else {
+                        (rng.next_u64() % VOCAB as u64) as i64
+                    }
+                })
+                .collect();
+            ClassItem {
+                tokens,
+                label: class as i64,
+            }
+        })
+        .collect();
+    InMemDataset::new(items)
 }
 
-fn accuracy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> f64 {
-    let predicted = logits.argmax(1).squeeze_dim::<1>(1);
-    let correct: i64 = predicted.equal(labels).int().sum().into_scalar().elem();
-    correct as f64 / BATCH as f64
-}
+// ---------------------------------------------------------------------------------------------
+// The Learner run: burn's loss and accuracy, plus the crate's routing metrics.
 
-fn run<B: AutodiffBackend>(device: B::Device) {
+fn run<B: AutodiffBackend>(args: &Args, device: B::Device) {
     B::seed(&device, 0);
-    let mut rng = HostRng::new(0);
-    let mut model = Classifier::<B>::new(&device);
-    let mut optim = AdamConfig::new().init();
-    let ce = CrossEntropyLossConfig::new().init(&device);
+    let train = DataLoaderBuilder::new(ClassBatcher)
+        .batch_size(32)
+        .shuffle(0)
+        .build(synthetic(args.train_items, 1));
+    let valid = DataLoaderBuilder::<B::InnerBackend, _, _>::new(ClassBatcher)
+        .batch_size(64)
+        .build(synthetic(args.valid_items, 2));
 
-    println!("step   loss    aux    z      acc   expert fractions");
-    for step in 1..=STEPS {
-        let (tokens, labels) = batch::<B>(&mut rng, &device);
-        let (logits, stats) = model.forward(tokens);
-        let task = ce.forward(logits.clone(), labels.clone());
-        let loss = task.clone()
-            + stats.aux_loss.clone().mul_scalar(AUX_COEF)
-            + stats.z_loss.clone().mul_scalar(Z_COEF);
-        if step % 50 == 0 || step == 1 {
-            let fractions: Vec<f32> = stats
-                .token_fractions()
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .unwrap_or_default();
-            println!(
-                "{step:>4}  {:.4}  {:.3}  {:.3}  {:.2}  {}",
-                task.clone().into_scalar().elem::<f64>(),
-                stats.aux_loss.clone().into_scalar().elem::<f64>(),
-                stats.z_loss.clone().into_scalar().elem::<f64>(),
-                accuracy(logits, labels),
-                fractions
-                    .iter()
-                    .map(|f| format!("{f:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            );
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(3e-3, model, grads);
+    let mut training = SupervisedTraining::new(&args.artifact_dir, train, valid)
+        .metric_train_numeric(LossMetric::<Flex>::new())
+        .metric_valid_numeric(LossMetric::<Flex>::new())
+        .metric_train_numeric(AccuracyMetric::<Flex>::new())
+        .metric_valid_numeric(AccuracyMetric::<Flex>::new());
+    for metric in routing_metrics(args.experts) {
+        training = training
+            .metric_train_numeric(metric.clone())
+            .metric_valid_numeric(metric);
     }
+    let training = training
+        .with_file_checkpointer(DefaultRecorder::new())
+        .num_epochs(args.epochs)
+        .summary();
 
-    // Held-out accuracy in inference mode (no dropout, no jitter, eval capacity).
-    let eval = model.valid();
-    let (tokens, labels) = batch::<B::InnerBackend>(&mut HostRng::new(12345), &device);
-    let (logits, _) = eval.forward(tokens);
-    println!("held-out accuracy: {:.2}", accuracy(logits, labels));
+    let model = Classifier::<B>::new(args.experts, &device);
+    println!("{model}");
+    // `result.model` is the trained model, already in inference mode (`.valid()`).
+    let _result = training.launch(Learner::new(model, AdamConfig::new().init(), 3e-3));
+    println!(
+        "metric logs and checkpoints: {}",
+        args.artifact_dir.display()
+    );
 }
 
 fn main() {
+    let args = Args::parse();
     println!("backend: {}", switch_moe::backend::NAME);
-    run::<switch_moe::backend::SelectedAutodiff>(switch_moe::backend::default_device());
+    run::<switch_moe::backend::SelectedAutodiff>(&args, switch_moe::backend::default_device());
 }

@@ -146,15 +146,16 @@ fn build_config(args: &Args) -> Result<TrainingConfig, switch_moe::Error> {
             }
         };
     }
-    set!(args.d_model, enc.d_model);
-    set!(args.d_ff, enc.d_ff);
     set!(args.layers, enc.n_layers);
-    set!(args.heads, enc.n_heads);
-    set!(args.experts, enc.num_experts);
-    set!(args.top_k, enc.top_k);
     set!(args.moe_every, enc.moe_every);
-    set!(args.capacity_factor, enc.capacity_factor);
-    set!(args.eval_capacity_factor, enc.eval_capacity_factor);
+    set!(args.heads, enc.layer.n_heads);
+    let moe = &mut enc.layer.moe;
+    set!(args.d_model, moe.d_model);
+    set!(args.d_ff, moe.d_ff);
+    set!(args.experts, moe.num_experts);
+    set!(args.top_k, moe.top_k);
+    set!(args.capacity_factor, moe.capacity_factor);
+    set!(args.eval_capacity_factor, moe.eval_capacity_factor);
     set!(args.aux_coef, c.model.aux_coef);
     set!(args.z_coef, c.model.z_coef);
     set!(args.seq_len, c.model.max_seq_len);

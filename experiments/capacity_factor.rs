@@ -54,8 +54,8 @@ fn main() {
         for cf in FACTORS {
             let mut model = lm_config(corpus.vocab_size, seq, d, f, layers, args.experts);
             match cf {
-                Some(c) => model.encoder.capacity_factor = c,
-                None => model.encoder.dropless = true,
+                Some(c) => model.encoder.layer.moe.capacity_factor = c,
+                None => model.encoder.layer.moe.dropless = true,
             }
             let name = format!("{}_seed{seed}", label(cf).replace(' ', ""));
             let spec = base_spec(name, model, seed, steps, batch);

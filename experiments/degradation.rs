@@ -114,8 +114,8 @@ fn main() {
             }
             let mut model = lm_config(corpus.vocab_size, seq, d, f, layers, arm.experts);
             model.z_coef = arm.z_coef;
-            model.encoder.expert_dropout = arm.expert_dropout;
-            model.encoder.capacity_factor = arm.capacity_factor;
+            model.encoder.layer.moe.expert_dropout = arm.expert_dropout;
+            model.encoder.layer.moe.capacity_factor = arm.capacity_factor;
             let mut spec = base_spec(
                 format!("arm{}_seed{seed}", a + 1),
                 model,

@@ -78,7 +78,7 @@ fn main() {
             let mut model = lm_config(corpus.vocab_size, seq, d, f, layers, args.experts);
             model.aux_coef = aux;
             model.z_coef = z;
-            model.encoder.init_scale = init;
+            model.encoder.layer.moe.init_scale = init;
             let file = format!("arm{}_seed{seed}", arm + 1);
             let mut spec = base_spec(file, model, *seed, steps, batch);
             spec.log_every = (steps / 100).max(1);

@@ -63,7 +63,7 @@ fn main() {
 
     let runs_of = |e: usize| -> Vec<&RunLog> {
         logs.iter()
-            .filter(|l| l.spec.model.encoder.num_experts == e)
+            .filter(|l| l.spec.model.encoder.moe().num_experts == e)
             .collect()
     };
     let curve = |e: usize| mean_curve(&runs_of(e), false, |p| p.valid_ce);

@@ -3,80 +3,101 @@
 //! with a Switch layer", following GShard).
 
 use burn::config::Config;
-use burn::module::{Initializer, Module};
-use burn::nn::activation::ActivationConfig;
+use burn::module::Module;
 use burn::nn::transformer::{TransformerEncoderConfig, TransformerEncoderLayer};
 use burn::tensor::{Bool, Tensor, backend::Backend};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, check};
 use crate::layer::{SwitchEncoderLayer, SwitchEncoderLayerConfig};
+use crate::moe::SwitchFeedForwardConfig;
 use crate::stats::MoeStats;
 
-/// Configuration of a [`SwitchEncoder`]: the fields of [`SwitchEncoderLayerConfig`] plus the
-/// number of layers and how often a layer is sparse.
-#[derive(Config, Debug)]
+/// Configuration of a [`SwitchEncoder`]: the number of layers, how often a layer is sparse, and
+/// one [`SwitchEncoderLayerConfig`] that every layer is built from (its MoE config for the sparse
+/// layers; its attention settings, `d_ff` and activation for the dense ones).
+///
+/// **Activation:** the dense FFNs use the MoE config's
+/// [`activation`](crate::SwitchFeedForwardConfig::activation), **ReLU** by default as in
+/// T5/Switch. burn-nn's `TransformerEncoderConfig` defaults to GELU; to match it, call
+/// `.map_moe(|m| m.with_activation(ActivationConfig::Gelu))`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SwitchEncoderConfig {
-    /// Model width d.
-    pub d_model: usize,
-    /// Hidden width f of every FFN (dense) and of each expert (sparse).
-    pub d_ff: usize,
-    /// Attention heads; must divide d_model.
-    pub n_heads: usize,
     /// Number of layers L.
     pub n_layers: usize,
-    /// Number of experts E of each sparse layer.
-    pub num_experts: usize,
     /// Layer i (0-based) is sparse when (i + 1) is a multiple of `moe_every`: 2 (default) makes
     /// every other layer sparse, as in the paper; 1 makes all sparse. Must not exceed `n_layers`.
-    #[config(default = 2)]
     pub moe_every: usize,
-    /// Dropout of the attention scores, both residual branches and the dense FFNs. Default 0.1.
-    #[config(default = 0.1)]
-    pub dropout: f64,
-    /// Pre-norm (true) or post-norm (false, default).
-    #[config(default = false)]
-    pub norm_first: bool,
-    /// Quiet softmax in attention. Default false.
-    #[config(default = false)]
-    pub quiet_softmax: bool,
-    /// Initializer of attention and dense-FFN weights. Default Kaiming uniform, gain 1/√3 (burn-nn).
-    #[config(
-        default = "Initializer::KaimingUniform{gain: 1.0 / 3.0f64.sqrt(), fan_out_only: false}"
-    )]
-    pub initializer: Initializer,
-    /// LayerNorm epsilon. Default 1e-5.
-    #[config(default = 1e-5)]
-    pub layer_norm_eps: f64,
-    /// Experts per token k. Default 1.
-    #[config(default = 1)]
-    pub top_k: usize,
-    /// Capacity factor in training. Default 1.25.
-    #[config(default = 1.25)]
-    pub capacity_factor: f64,
-    /// Capacity factor in inference. Default 2.0.
-    #[config(default = 2.0)]
-    pub eval_capacity_factor: f64,
-    /// Never drop tokens (one host read per sparse layer and forward). Default false.
-    #[config(default = false)]
-    pub dropless: bool,
-    /// Router-input jitter ε, training only. Default 0.01.
-    #[config(default = 0.01)]
-    pub jitter: f64,
-    /// Activation of experts and dense FFNs: `Relu` (default) or `Gelu`.
-    #[config(default = "ActivationConfig::Relu")]
-    pub activation: ActivationConfig,
-    /// Expert biases. Default false.
-    #[config(default = false)]
-    pub bias: bool,
-    /// Expert dropout. Default 0.1.
-    #[config(default = 0.1)]
-    pub expert_dropout: f64,
-    /// Initialisation scale of routers and experts. Default 0.1.
-    #[config(default = 0.1)]
-    pub init_scale: f64,
-    /// For top-k > 1: renormalise the k gates. Default true.
-    #[config(default = true)]
-    pub normalize_gates: bool,
+    /// The settings of every layer (attention, norms, dropout, and the MoE block).
+    pub layer: SwitchEncoderLayerConfig,
+}
+
+impl Config for SwitchEncoderConfig {}
+
+impl std::fmt::Display for SwitchEncoderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&burn::config::config_to_json(self))
+    }
+}
+
+impl SwitchEncoderConfig {
+    /// `n_layers` layers of width `d_model` with `n_heads` heads; every other one sparse with
+    /// `num_experts` experts of hidden width `d_ff` (the dense FFNs have width `d_ff` too).
+    pub fn new(
+        d_model: usize,
+        d_ff: usize,
+        n_heads: usize,
+        n_layers: usize,
+        num_experts: usize,
+    ) -> Self {
+        Self {
+            n_layers,
+            moe_every: 2,
+            layer: SwitchEncoderLayerConfig::new(d_model, d_ff, n_heads, num_experts),
+        }
+    }
+
+    /// The MoE config of the sparse layers.
+    pub fn moe(&self) -> &SwitchFeedForwardConfig {
+        &self.layer.moe
+    }
+
+    /// Sets [`moe_every`](Self::moe_every).
+    pub fn with_moe_every(mut self, moe_every: usize) -> Self {
+        self.moe_every = moe_every;
+        self
+    }
+
+    /// Dropout of the attention scores, both residual branches and the dense FFNs
+    /// ([`SwitchEncoderLayerConfig::dropout`]).
+    pub fn with_dropout(mut self, dropout: f64) -> Self {
+        self.layer.dropout = dropout;
+        self
+    }
+
+    /// Pre-norm (true) or post-norm ([`SwitchEncoderLayerConfig::norm_first`]).
+    pub fn with_norm_first(mut self, norm_first: bool) -> Self {
+        self.layer.norm_first = norm_first;
+        self
+    }
+
+    /// Changes the layer config with its own builders.
+    pub fn map_layer(
+        mut self,
+        f: impl FnOnce(SwitchEncoderLayerConfig) -> SwitchEncoderLayerConfig,
+    ) -> Self {
+        self.layer = f(self.layer);
+        self
+    }
+
+    /// Changes the MoE config with its own builders, e.g. `.map_moe(|m| m.with_top_k(2))`.
+    pub fn map_moe(
+        mut self,
+        f: impl FnOnce(SwitchFeedForwardConfig) -> SwitchFeedForwardConfig,
+    ) -> Self {
+        self.layer.moe = f(self.layer.moe);
+        self
+    }
 }
 
 /// One layer of a [`SwitchEncoder`].
@@ -138,35 +159,22 @@ impl SwitchEncoderConfig {
         (i + 1).is_multiple_of(self.moe_every)
     }
 
-    /// The config of one sparse layer.
-    pub fn layer_config(&self) -> SwitchEncoderLayerConfig {
-        SwitchEncoderLayerConfig::new(self.d_model, self.d_ff, self.n_heads, self.num_experts)
-            .with_dropout(self.dropout)
-            .with_norm_first(self.norm_first)
-            .with_quiet_softmax(self.quiet_softmax)
-            .with_initializer(self.initializer.clone())
-            .with_layer_norm_eps(self.layer_norm_eps)
-            .with_top_k(self.top_k)
-            .with_capacity_factor(self.capacity_factor)
-            .with_eval_capacity_factor(self.eval_capacity_factor)
-            .with_dropless(self.dropless)
-            .with_jitter(self.jitter)
-            .with_activation(self.activation.clone())
-            .with_bias(self.bias)
-            .with_expert_dropout(self.expert_dropout)
-            .with_init_scale(self.init_scale)
-            .with_normalize_gates(self.normalize_gates)
-    }
-
-    /// The config burn-nn builds the dense layers from.
+    /// The config burn-nn builds the dense layers from: the layer's attention settings, with
+    /// the MoE config's `d_ff` and activation.
     pub fn dense_config(&self) -> TransformerEncoderConfig {
-        TransformerEncoderConfig::new(self.d_model, self.d_ff, self.n_heads, self.n_layers)
-            .with_dropout(self.dropout)
-            .with_norm_first(self.norm_first)
-            .with_quiet_softmax(self.quiet_softmax)
-            .with_initializer(self.initializer.clone())
-            .with_activation(self.activation.clone())
-            .with_layer_norm_eps(self.layer_norm_eps)
+        let layer = &self.layer;
+        TransformerEncoderConfig::new(
+            layer.d_model(),
+            layer.moe.d_ff,
+            layer.n_heads,
+            self.n_layers,
+        )
+        .with_dropout(layer.dropout)
+        .with_norm_first(layer.norm_first)
+        .with_quiet_softmax(layer.quiet_softmax)
+        .with_initializer(layer.initializer.clone())
+        .with_activation(layer.moe.activation.clone())
+        .with_layer_norm_eps(layer.layer_norm_eps)
     }
 
     /// Checks every field; the error names the field and its value.
@@ -185,7 +193,7 @@ impl SwitchEncoderConfig {
                 ),
             ));
         }
-        self.layer_config().validate().map_err(|e| e.within(C, &[]))
+        self.layer.validate()
     }
 
     /// Builds the encoder. Panics with the [`validate`](Self::validate) message on a bad config.
@@ -194,7 +202,7 @@ impl SwitchEncoderConfig {
             panic!("{e}");
         }
         let dense = self.dense_config();
-        let sparse = self.layer_config();
+        let sparse = &self.layer;
         let layers = (0..self.n_layers)
             .map(|i| {
                 if self.is_sparse(i) {

@@ -72,6 +72,7 @@ impl Error {
 
 impl Error {
     /// An [`Error::Io`] for `path`.
+    #[cfg_attr(not(feature = "train"), allow(dead_code))]
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
@@ -81,29 +82,6 @@ impl Error {
             action,
             path: path.into(),
             source: std::sync::Arc::new(source),
-        }
-    }
-
-    /// The same error reported under an enclosing config (e.g. a layer config validating the
-    /// block config it builds), with the field renamed where the enclosing config names it
-    /// differently (`renames`: pairs of inner name, outer name).
-    pub(crate) fn within(self, config: &'static str, renames: &[(&str, &'static str)]) -> Self {
-        match self {
-            Error::Config {
-                field,
-                value,
-                reason,
-                ..
-            } => Error::Config {
-                config,
-                field: renames
-                    .iter()
-                    .find(|(inner, _)| *inner == field)
-                    .map_or(field, |(_, outer)| outer),
-                value,
-                reason,
-            },
-            other => other,
         }
     }
 }

@@ -2,39 +2,11 @@
 //! that all of them run as one batched matmul per weight (Fedus et al. 2021, §2.1; each expert is
 //! the Transformer FFN act(x·W₁ + b₁)·W₂ + b₂).
 
-use burn::config::Config;
 use burn::module::{Module, Param};
+use burn::nn::Dropout;
 use burn::nn::activation::ActivationConfig;
-use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::{gelu, relu};
 use burn::tensor::{Tensor, backend::Backend};
-
-use crate::error::{Error, check};
-use crate::init::truncated_normal;
-
-/// Configuration of [`Experts`].
-#[derive(Config, Debug)]
-pub struct ExpertsConfig {
-    /// Model width d.
-    pub d_model: usize,
-    /// Hidden width f of each expert.
-    pub d_ff: usize,
-    /// Number of experts E.
-    pub num_experts: usize,
-    /// Activation: only `Relu` (default, as in T5/Switch) and `Gelu` are accepted.
-    #[config(default = "ActivationConfig::Relu")]
-    pub activation: ActivationConfig,
-    /// Biases b₁, b₂. Default false, as in T5 and the Switch Transformer.
-    #[config(default = false)]
-    pub bias: bool,
-    /// Expert dropout on the hidden activations, training only. Default 0.1 (paper §2.4; 0.4 is
-    /// the paper's choice for fine-tuning, Table 4).
-    #[config(default = 0.1)]
-    pub dropout: f64,
-    /// Initialisation scale s: truncated normal with std √(s / fan_in). Default 0.1 (paper §2.4).
-    #[config(default = 0.1)]
-    pub init_scale: f64,
-}
 
 /// The activation of the experts' hidden layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +36,8 @@ impl ExpertActivation {
     }
 }
 
-/// E expert FFNs with stacked weights.
+/// E expert FFNs with stacked weights. Built by
+/// [`SwitchFeedForwardConfig::init_experts`](crate::SwitchFeedForwardConfig::init_experts).
 #[derive(Module, Debug)]
 pub struct Experts<B: Backend> {
     /// Input projections W₁ `[E, d, f]`.
@@ -79,54 +52,6 @@ pub struct Experts<B: Backend> {
     pub activation: ExpertActivation,
     /// Expert dropout on the hidden activations (training only).
     pub dropout: Dropout,
-}
-
-pub(crate) fn validate_activation(
-    config: &'static str,
-    activation: &ActivationConfig,
-) -> crate::Result<()> {
-    match ExpertActivation::from_config(activation) {
-        Some(_) => Ok(()),
-        None => Err(Error::config(
-            config,
-            "activation",
-            format!("{activation:?}"),
-            "only ActivationConfig::Relu and ActivationConfig::Gelu are supported",
-        )),
-    }
-}
-
-impl ExpertsConfig {
-    /// Checks every field; the error names the field and its value.
-    pub fn validate(&self) -> crate::Result<()> {
-        const C: &str = "ExpertsConfig";
-        check::positive(C, "d_model", self.d_model)?;
-        check::positive(C, "d_ff", self.d_ff)?;
-        check::positive(C, "num_experts", self.num_experts)?;
-        validate_activation(C, &self.activation)?;
-        check::probability(C, "dropout", self.dropout)?;
-        check::positive_f64(C, "init_scale", self.init_scale)
-    }
-
-    /// Builds the experts with the paper's truncated-normal initialisation (biases start at 0).
-    /// Panics with the [`validate`](Self::validate) message on a bad config.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Experts<B> {
-        if let Err(e) = self.validate() {
-            panic!("{e}");
-        }
-        let (e, d, f) = (self.num_experts, self.d_model, self.d_ff);
-        let w_in = truncated_normal::<B, 3>([e, d, f], self.init_scale, d, device); // [E, d, f]
-        let w_out = truncated_normal::<B, 3>([e, f, d], self.init_scale, f, device); // [E, f, d]
-        let bias = |n: usize| Param::from_tensor(Tensor::<B, 2>::zeros([e, n], device));
-        Experts {
-            w_in: Param::from_tensor(w_in),
-            w_out: Param::from_tensor(w_out),
-            b_in: self.bias.then(|| bias(f)),
-            b_out: self.bias.then(|| bias(d)),
-            activation: ExpertActivation::from_config(&self.activation).expect("validated above"),
-            dropout: DropoutConfig::new(self.dropout).init(),
-        }
-    }
 }
 
 impl<B: Backend> Experts<B> {

@@ -4,75 +4,174 @@
 
 use burn::config::Config;
 use burn::module::{Initializer, Module};
-use burn::nn::activation::ActivationConfig;
 use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::{Bool, Tensor, backend::Backend};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, check};
 use crate::moe::{SwitchFeedForward, SwitchFeedForwardConfig};
 use crate::stats::MoeStats;
 
-/// Configuration of a [`SwitchEncoderLayer`]: burn-nn's `TransformerEncoderConfig` fields (less
-/// `n_layers`) plus the MoE fields of [`SwitchFeedForwardConfig`].
-#[derive(Config, Debug)]
+/// Configuration of a [`SwitchEncoderLayer`]: burn-nn's attention and residual settings (as in
+/// `TransformerEncoderConfig`) around one [`SwitchFeedForwardConfig`], which holds every MoE
+/// setting (and d_model, d_ff).
+///
+/// ```
+/// use switch_moe::SwitchEncoderLayerConfig;
+/// // d_model 64, d_ff 256, 4 heads, 8 experts; then MoE settings on the nested config.
+/// let config = SwitchEncoderLayerConfig::new(64, 256, 4, 8)
+///     .with_norm_first(true)
+///     .map_moe(|moe| moe.with_top_k(2).with_capacity_factor(1.0));
+/// assert_eq!(config.moe.top_k, 2);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SwitchEncoderLayerConfig {
-    /// Model width d.
-    pub d_model: usize,
-    /// Hidden width f of each expert.
-    pub d_ff: usize,
     /// Attention heads; must divide d_model.
     pub n_heads: usize,
-    /// Number of experts E.
-    pub num_experts: usize,
+    /// The mixture-of-experts block: d_model, d_ff and every routing and expert setting.
+    pub moe: SwitchFeedForwardConfig,
     /// Dropout of the attention scores and of both residual branches. Default 0.1 (burn-nn).
-    #[config(default = 0.1)]
+    /// Expert dropout is [`SwitchFeedForwardConfig::expert_dropout`].
     pub dropout: f64,
     /// Pre-norm (true) or post-norm (false, default; burn-nn and the original Transformer).
-    #[config(default = false)]
     pub norm_first: bool,
     /// Quiet softmax in attention. Default false (burn-nn).
-    #[config(default = false)]
     pub quiet_softmax: bool,
-    /// Initializer of the attention weights. Default Kaiming uniform, gain 1/√3 (burn-nn).
-    /// Router and experts use the paper's truncated normal with `init_scale`.
-    #[config(
-        default = "Initializer::KaimingUniform{gain: 1.0 / 3.0f64.sqrt(), fan_out_only: false}"
-    )]
+    /// Initializer of the attention (and, in a [`SwitchEncoder`](crate::SwitchEncoder), dense
+    /// FFN) weights. Default Kaiming uniform, gain 1/√3 (burn-nn). Router and experts use the
+    /// paper's truncated normal with [`SwitchFeedForwardConfig::init_scale`].
     pub initializer: Initializer,
     /// LayerNorm epsilon. Default 1e-5 (burn-nn).
-    #[config(default = 1e-5)]
     pub layer_norm_eps: f64,
-    /// Experts per token k. Default 1 (Switch routing).
-    #[config(default = 1)]
-    pub top_k: usize,
-    /// Capacity factor in training. Default 1.25 (paper Table 1).
-    #[config(default = 1.25)]
-    pub capacity_factor: f64,
-    /// Capacity factor in inference. Default 2.0.
-    #[config(default = 2.0)]
-    pub eval_capacity_factor: f64,
-    /// Never drop tokens (one host read per forward). Default false.
-    #[config(default = false)]
-    pub dropless: bool,
-    /// Router-input jitter ε, training only. Default 0.01 (paper §2.4).
-    #[config(default = 0.01)]
-    pub jitter: f64,
-    /// Expert activation: `Relu` (default) or `Gelu`.
-    #[config(default = "ActivationConfig::Relu")]
-    pub activation: ActivationConfig,
-    /// Expert biases. Default false (T5/Switch).
-    #[config(default = false)]
-    pub bias: bool,
-    /// Expert dropout on the hidden activations. Default 0.1 (paper Table 4).
-    #[config(default = 0.1)]
-    pub expert_dropout: f64,
-    /// Initialisation scale of router and experts. Default 0.1 (paper §2.4).
-    #[config(default = 0.1)]
-    pub init_scale: f64,
-    /// For top-k > 1: renormalise the k gates. Default true.
-    #[config(default = true)]
-    pub normalize_gates: bool,
+}
+
+impl Config for SwitchEncoderLayerConfig {}
+
+impl std::fmt::Display for SwitchEncoderLayerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&burn::config::config_to_json(self))
+    }
+}
+
+impl SwitchEncoderLayerConfig {
+    /// A layer of width `d_model` with `n_heads` heads and `num_experts` experts of hidden width
+    /// `d_ff`; every other setting at its default (burn-nn's for attention, the paper's for MoE).
+    pub fn new(d_model: usize, d_ff: usize, n_heads: usize, num_experts: usize) -> Self {
+        Self::from_moe(
+            n_heads,
+            SwitchFeedForwardConfig::new(d_model, d_ff, num_experts),
+        )
+    }
+
+    /// A layer around an existing MoE config, attention settings at burn-nn's defaults.
+    pub fn from_moe(n_heads: usize, moe: SwitchFeedForwardConfig) -> Self {
+        Self {
+            n_heads,
+            moe,
+            dropout: 0.1,
+            norm_first: false,
+            quiet_softmax: false,
+            initializer: Initializer::KaimingUniform {
+                gain: 1.0 / 3.0f64.sqrt(),
+                fan_out_only: false,
+            },
+            layer_norm_eps: 1e-5,
+        }
+    }
+
+    /// Model width d (from the MoE config).
+    pub fn d_model(&self) -> usize {
+        self.moe.d_model
+    }
+
+    /// Sets [`dropout`](Self::dropout) (attention scores and residual branches).
+    pub fn with_dropout(mut self, dropout: f64) -> Self {
+        self.dropout = dropout;
+        self
+    }
+
+    /// Sets [`norm_first`](Self::norm_first).
+    pub fn with_norm_first(mut self, norm_first: bool) -> Self {
+        self.norm_first = norm_first;
+        self
+    }
+
+    /// Sets [`quiet_softmax`](Self::quiet_softmax).
+    pub fn with_quiet_softmax(mut self, quiet_softmax: bool) -> Self {
+        self.quiet_softmax = quiet_softmax;
+        self
+    }
+
+    /// Sets [`initializer`](Self::initializer).
+    pub fn with_initializer(mut self, initializer: Initializer) -> Self {
+        self.initializer = initializer;
+        self
+    }
+
+    /// Sets [`layer_norm_eps`](Self::layer_norm_eps).
+    pub fn with_layer_norm_eps(mut self, layer_norm_eps: f64) -> Self {
+        self.layer_norm_eps = layer_norm_eps;
+        self
+    }
+
+    /// Replaces the MoE config.
+    pub fn with_moe(mut self, moe: SwitchFeedForwardConfig) -> Self {
+        self.moe = moe;
+        self
+    }
+
+    /// Changes the MoE config with its own builders, e.g. `.map_moe(|m| m.with_top_k(2))`.
+    pub fn map_moe(
+        mut self,
+        f: impl FnOnce(SwitchFeedForwardConfig) -> SwitchFeedForwardConfig,
+    ) -> Self {
+        self.moe = f(self.moe);
+        self
+    }
+
+    /// Checks every field; the error names the config, the field and its value.
+    pub fn validate(&self) -> crate::Result<()> {
+        const C: &str = "SwitchEncoderLayerConfig";
+        self.moe.validate()?;
+        let d_model = self.moe.d_model;
+        check::positive(C, "n_heads", self.n_heads)?;
+        if !d_model.is_multiple_of(self.n_heads) {
+            return Err(Error::config(
+                C,
+                "n_heads",
+                self.n_heads,
+                format!("must divide d_model = {d_model}"),
+            ));
+        }
+        check::probability(C, "dropout", self.dropout)?;
+        check::positive_f64(C, "layer_norm_eps", self.layer_norm_eps)
+    }
+
+    /// Builds the layer. Panics with the [`validate`](Self::validate) message on a bad config.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> SwitchEncoderLayer<B> {
+        if let Err(e) = self.validate() {
+            panic!("{e}");
+        }
+        let norm = || {
+            LayerNormConfig::new(self.d_model())
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        SwitchEncoderLayer {
+            mha: MultiHeadAttentionConfig::new(self.d_model(), self.n_heads)
+                .with_initializer(self.initializer.clone())
+                .with_dropout(self.dropout)
+                .with_quiet_softmax(self.quiet_softmax)
+                .init(device),
+            moe: self.moe.init(device),
+            norm_attn: norm(),
+            norm_ffn: norm(),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            norm_first: self.norm_first,
+        }
+    }
 }
 
 /// A Transformer encoder layer with a Switch feed-forward block.
@@ -95,84 +194,6 @@ pub struct SwitchEncoderLayer<B: Backend> {
     pub dropout: Dropout,
     /// Pre-norm (true) or post-norm (false).
     pub norm_first: bool,
-}
-
-impl SwitchEncoderLayerConfig {
-    /// The MoE block's config.
-    pub fn moe_config(&self) -> SwitchFeedForwardConfig {
-        SwitchFeedForwardConfig::new(self.d_model, self.d_ff, self.num_experts)
-            .with_top_k(self.top_k)
-            .with_capacity_factor(self.capacity_factor)
-            .with_eval_capacity_factor(self.eval_capacity_factor)
-            .with_dropless(self.dropless)
-            .with_jitter(self.jitter)
-            .with_activation(self.activation.clone())
-            .with_bias(self.bias)
-            .with_dropout(self.expert_dropout)
-            .with_init_scale(self.init_scale)
-            .with_normalize_gates(self.normalize_gates)
-    }
-
-    /// Checks every field; the error names the field and its value.
-    pub fn validate(&self) -> crate::Result<()> {
-        const C: &str = "SwitchEncoderLayerConfig";
-        validate_attention(
-            C,
-            self.d_model,
-            self.n_heads,
-            self.dropout,
-            self.layer_norm_eps,
-        )?;
-        self.moe_config()
-            .validate()
-            .map_err(|e| e.within(C, &[("dropout", "expert_dropout")]))
-    }
-
-    /// Builds the layer. Panics with the [`validate`](Self::validate) message on a bad config.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> SwitchEncoderLayer<B> {
-        if let Err(e) = self.validate() {
-            panic!("{e}");
-        }
-        let norm = || {
-            LayerNormConfig::new(self.d_model)
-                .with_epsilon(self.layer_norm_eps)
-                .init(device)
-        };
-        SwitchEncoderLayer {
-            mha: MultiHeadAttentionConfig::new(self.d_model, self.n_heads)
-                .with_initializer(self.initializer.clone())
-                .with_dropout(self.dropout)
-                .with_quiet_softmax(self.quiet_softmax)
-                .init(device),
-            moe: self.moe_config().init(device),
-            norm_attn: norm(),
-            norm_ffn: norm(),
-            dropout: DropoutConfig::new(self.dropout).init(),
-            norm_first: self.norm_first,
-        }
-    }
-}
-
-/// Checks shared by the layer and encoder configs.
-pub(crate) fn validate_attention(
-    config: &'static str,
-    d_model: usize,
-    n_heads: usize,
-    dropout: f64,
-    layer_norm_eps: f64,
-) -> crate::Result<()> {
-    check::positive(config, "d_model", d_model)?;
-    check::positive(config, "n_heads", n_heads)?;
-    if !d_model.is_multiple_of(n_heads) {
-        return Err(Error::config(
-            config,
-            "n_heads",
-            n_heads,
-            format!("must divide d_model = {d_model}"),
-        ));
-    }
-    check::probability(config, "dropout", dropout)?;
-    check::positive_f64(config, "layer_norm_eps", layer_norm_eps)
 }
 
 impl<B: Backend> SwitchEncoderLayer<B> {

@@ -37,18 +37,24 @@
     feature = "cuda"
 ))]
 pub mod backend;
+#[cfg(feature = "train")]
 pub mod data;
 pub mod dispatch;
 pub mod encoder;
 pub mod error;
 pub mod experts;
+#[cfg(feature = "train")]
 pub mod generate;
 pub mod init;
 pub mod layer;
 pub mod lm;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod moe;
 pub mod router;
+pub mod routing_stats;
 pub mod stats;
+#[cfg(feature = "train")]
 pub mod train;
 
 /// The README's code blocks, compiled as doc tests.
@@ -59,9 +65,12 @@ struct ReadmeDoctests;
 pub use dispatch::{Capacity, DispatchPlan};
 pub use encoder::{EncoderBlock, SwitchEncoder, SwitchEncoderConfig, SwitchEncoderInput};
 pub use error::{Error, Result};
-pub use experts::{ExpertActivation, Experts, ExpertsConfig};
+pub use experts::{ExpertActivation, Experts};
 pub use layer::{SwitchEncoderLayer, SwitchEncoderLayerConfig};
 pub use lm::{LmBatch, LmOutput, SwitchLm, SwitchLmConfig};
+#[cfg(feature = "metrics")]
+pub use metrics::{RoutingCsvMetric, RoutingMetric, RoutingMetricKind, routing_metrics};
 pub use moe::{SwitchFeedForward, SwitchFeedForwardConfig};
-pub use router::{Router, RouterConfig, Routing};
-pub use stats::{CombinedMoeStats, MoeStats};
+pub use router::{Router, Routing};
+pub use routing_stats::{LayerRoutingStats, RoutingStats};
+pub use stats::{CombinedMoeStats, MoeLossWeights, MoeStats};

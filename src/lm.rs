@@ -13,7 +13,7 @@ use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::encoder::{SwitchEncoder, SwitchEncoderConfig, SwitchEncoderInput};
 use crate::error::{Error, check};
-use crate::stats::{CombinedMoeStats, MoeStats};
+use crate::stats::{CombinedMoeStats, MoeLossWeights, MoeStats};
 
 /// Configuration of a [`SwitchLm`].
 #[derive(Config, Debug)]
@@ -24,11 +24,11 @@ pub struct SwitchLmConfig {
     pub max_seq_len: usize,
     /// The encoder stack (built with causal attention, pre-norm recommended).
     pub encoder: SwitchEncoderConfig,
-    /// Weight α of the load-balancing loss. Default 0.01 (paper §2.2).
-    #[config(default = 0.01)]
+    /// Weight α of the load-balancing loss. Default 0.01 (paper §2.2, [`MoeLossWeights::PAPER`]).
+    #[config(default = "MoeLossWeights::PAPER.aux")]
     pub aux_coef: f64,
-    /// Weight β of the router z-loss. Default 0.001 (ST-MoE §3.1).
-    #[config(default = 0.001)]
+    /// Weight β of the router z-loss. Default 0.001 (ST-MoE §3.1, [`MoeLossWeights::PAPER`]).
+    #[config(default = "MoeLossWeights::PAPER.z")]
     pub z_coef: f64,
 }
 
@@ -78,27 +78,10 @@ pub struct LmOutput<B: Backend> {
 impl<B: Backend> LmOutput<B> {
     /// The same values cut from the autodiff graph (what metrics keep after the backward pass).
     pub fn detach(self) -> Self {
-        let moe = self.moe;
-        let layers = moe
-            .layers
-            .into_iter()
-            .map(|s| MoeStats {
-                aux_loss: s.aux_loss.detach(),
-                z_loss: s.z_loss.detach(),
-                tokens_per_expert: s.tokens_per_expert.detach(),
-                dropped_fraction: s.dropped_fraction.detach(),
-                router_entropy: s.router_entropy.detach(),
-                router_prob_mean: s.router_prob_mean.detach(),
-            })
-            .collect();
         Self {
             loss: self.loss.detach(),
             cross_entropy: self.cross_entropy.detach(),
-            moe: CombinedMoeStats {
-                aux_loss: moe.aux_loss.detach(),
-                z_loss: moe.z_loss.detach(),
-                layers,
-            },
+            moe: self.moe.detach(),
             num_tokens: self.num_tokens,
         }
     }
@@ -115,7 +98,7 @@ impl SwitchLmConfig {
                 return Err(Error::config(C, field, value, "must be finite and ≥ 0"));
             }
         }
-        self.encoder.validate().map_err(|e| e.within(C, &[]))
+        self.encoder.validate()
     }
 
     /// Builds the model. Panics with the [`validate`](Self::validate) message on a bad config.
@@ -123,13 +106,13 @@ impl SwitchLmConfig {
         if let Err(e) = self.validate() {
             panic!("{e}");
         }
-        let d = self.encoder.d_model;
+        let d = self.encoder.layer.d_model();
         SwitchLm {
             token_embedding: EmbeddingConfig::new(self.vocab_size, d).init(device),
             position_embedding: EmbeddingConfig::new(self.max_seq_len, d).init(device),
             encoder: self.encoder.init(device),
             norm: LayerNormConfig::new(d)
-                .with_epsilon(self.encoder.layer_norm_eps)
+                .with_epsilon(self.encoder.layer.layer_norm_eps)
                 .init(device),
             head: LinearConfig::new(d, self.vocab_size)
                 .with_bias(false)
@@ -167,6 +150,14 @@ impl<B: Backend> SwitchLm<B> {
         (logits, stats)
     }
 
+    /// The weights α, β of the routing losses in [`forward_step`](Self::forward_step).
+    pub fn loss_weights(&self) -> MoeLossWeights {
+        MoeLossWeights {
+            aux: self.aux_coef,
+            z: self.z_coef,
+        }
+    }
+
     /// The training objective of a batch: ce + α·mean aux + β·mean z.
     pub fn forward_step(&self, batch: LmBatch<B>) -> LmOutput<B> {
         let [b, s] = batch.inputs.dims();
@@ -179,9 +170,7 @@ impl<B: Backend> SwitchLm<B> {
                 batch.targets.reshape([b * s]),
             );
         let moe = MoeStats::combine(stats);
-        let loss = ce.clone()
-            + moe.aux_loss.clone().mul_scalar(self.aux_coef)
-            + moe.z_loss.clone().mul_scalar(self.z_coef);
+        let loss = ce.clone() + moe.weighted_loss(self.loss_weights());
         LmOutput {
             loss,
             cross_entropy: ce,

@@ -3,17 +3,22 @@
 //! combine their outputs weighted by the router gates.
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param};
 use burn::nn::activation::ActivationConfig;
+use burn::nn::{DropoutConfig, Linear};
 use burn::tensor::{Bool, FloatDType, Tensor, backend::Backend};
 
 use crate::dispatch::{Capacity, DispatchPlan, expert_capacity};
-use crate::error::Error;
-use crate::experts::{Experts, ExpertsConfig};
-use crate::router::{Router, RouterConfig};
+use crate::error::{Error, check};
+use crate::experts::{ExpertActivation, Experts};
+use crate::init::truncated_normal;
+use crate::router::Router;
 use crate::stats::MoeStats;
 
-/// Configuration of a [`SwitchFeedForward`] block.
+/// Configuration of a [`SwitchFeedForward`] block: **every** MoE setting of the crate, declared,
+/// documented and validated here once. The layer and encoder configs hold one of these
+/// ([`SwitchEncoderLayerConfig::moe`](crate::SwitchEncoderLayerConfig::moe)); the router and the
+/// experts are built from it ([`init_router`](Self::init_router), [`init_experts`](Self::init_experts)).
 #[derive(Config, Debug)]
 pub struct SwitchFeedForwardConfig {
     /// Model width d.
@@ -35,19 +40,23 @@ pub struct SwitchFeedForwardConfig {
     /// from the device per forward. Default false.
     #[config(default = false)]
     pub dropless: bool,
-    /// Multiplicative router-input jitter ε, training only. Default 0.01 (paper §2.4).
+    /// Multiplicative router-input jitter ε: the router input is multiplied by U[1−ε, 1+ε] in
+    /// training only. Default 0.01 (paper §2.4, Table 9: input jitter was the best noise).
     #[config(default = 0.01)]
     pub jitter: f64,
-    /// Expert activation: `Relu` (default, T5/Switch) or `Gelu`.
+    /// Expert activation: `Relu` (default, T5/Switch) or `Gelu`; no other is accepted. In a
+    /// [`SwitchEncoder`](crate::SwitchEncoder) the dense layers use it too.
     #[config(default = "ActivationConfig::Relu")]
     pub activation: ActivationConfig,
-    /// Expert biases. Default false, as in T5/Switch.
+    /// Expert biases b₁, b₂. Default false, as in T5/Switch.
     #[config(default = false)]
     pub bias: bool,
-    /// Expert dropout on the hidden activations, training only. Default 0.1 (paper Table 4).
+    /// Expert dropout on the experts' hidden activations, training only. Default 0.1 (paper
+    /// Table 4; 0.4 is the paper's choice for fine-tuning).
     #[config(default = 0.1)]
-    pub dropout: f64,
-    /// Initialisation scale s for router and experts (std √(s / fan_in)). Default 0.1 (paper §2.4).
+    pub expert_dropout: f64,
+    /// Initialisation scale s of router and experts: truncated normal with std √(s / fan_in).
+    /// Default 0.1 (paper §2.4).
     #[config(default = 0.1)]
     pub init_scale: f64,
     /// For top-k > 1: renormalise a token's k gates to sum 1. Default true.
@@ -55,9 +64,14 @@ pub struct SwitchFeedForwardConfig {
     pub normalize_gates: bool,
 }
 
-/// A Switch (mixture-of-experts) feed-forward block: a drop-in for burn-nn's
-/// `PositionWiseFeedForward` whose forward also returns the routing losses and statistics.
+/// A Switch (mixture-of-experts) feed-forward block: router → dispatch → experts → combine.
+///
+/// It takes the place of burn-nn's `PositionWiseFeedForward` in a Transformer layer, but it is not
+/// a drop-in: its input is 3-D (`[B, S, d]`), it takes an optional padding mask (padding is not
+/// routed), and it returns the routing losses and statistics ([`MoeStats`]) beside the output,
+/// which the training loss must weight and add ([`MoeLossWeights`](crate::MoeLossWeights)).
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct SwitchFeedForward<B: Backend> {
     /// The router (f32 logits, jitter, top-k).
     pub router: Router<B>,
@@ -72,51 +86,126 @@ pub struct SwitchFeedForward<B: Backend> {
 }
 
 impl SwitchFeedForwardConfig {
-    /// The router part of this config.
-    pub fn router_config(&self) -> RouterConfig {
-        RouterConfig::new(self.d_model, self.num_experts)
-            .with_top_k(self.top_k)
-            .with_jitter(self.jitter)
-            .with_init_scale(self.init_scale)
-            .with_normalize_gates(self.normalize_gates)
-    }
-
-    /// The experts part of this config.
-    pub fn experts_config(&self) -> ExpertsConfig {
-        ExpertsConfig::new(self.d_model, self.d_ff, self.num_experts)
-            .with_activation(self.activation.clone())
-            .with_bias(self.bias)
-            .with_dropout(self.dropout)
-            .with_init_scale(self.init_scale)
-    }
-
     /// Checks every field; the error names the field and its value.
     pub fn validate(&self) -> crate::Result<()> {
         const C: &str = "SwitchFeedForwardConfig";
-        let rename = |e: Error| e.within(C, &[]);
-        self.router_config().validate().map_err(rename)?;
-        self.experts_config().validate().map_err(rename)?;
+        check::positive(C, "d_model", self.d_model)?;
+        check::positive(C, "d_ff", self.d_ff)?;
+        check::positive(C, "num_experts", self.num_experts)?;
+        check::positive(C, "top_k", self.top_k)?;
+        if self.top_k > self.num_experts {
+            return Err(Error::config(
+                C,
+                "top_k",
+                self.top_k,
+                format!("must not exceed num_experts = {}", self.num_experts),
+            ));
+        }
         for (field, value) in [
             ("capacity_factor", self.capacity_factor),
             ("eval_capacity_factor", self.eval_capacity_factor),
+            ("init_scale", self.init_scale),
         ] {
-            crate::error::check::positive_f64(C, field, value)?;
+            check::positive_f64(C, field, value)?;
         }
-        Ok(())
+        if !(self.jitter.is_finite() && (0.0..1.0).contains(&self.jitter)) {
+            return Err(Error::config(
+                C,
+                "jitter",
+                self.jitter,
+                "must lie in [0, 1)",
+            ));
+        }
+        if ExpertActivation::from_config(&self.activation).is_none() {
+            return Err(Error::config(
+                C,
+                "activation",
+                format!("{:?}", self.activation),
+                "only ActivationConfig::Relu and ActivationConfig::Gelu are supported",
+            ));
+        }
+        check::probability(C, "expert_dropout", self.expert_dropout)
     }
 
     /// Builds the block. Panics with the [`validate`](Self::validate) message on a bad config.
     pub fn init<B: Backend>(&self, device: &B::Device) -> SwitchFeedForward<B> {
-        if let Err(e) = self.validate() {
-            panic!("{e}");
-        }
+        self.assert_valid();
         SwitchFeedForward {
-            router: self.router_config().init(device),
-            experts: self.experts_config().init(device),
+            router: self.init_router(device),
+            experts: self.init_experts(device),
             capacity_factor: self.capacity_factor,
             eval_capacity_factor: self.eval_capacity_factor,
             dropless: self.dropless,
         }
+    }
+
+    /// Builds the router alone: weights `[d, E]` from the paper's truncated normal
+    /// (std √(init_scale / d)), with `top_k`, `jitter` and `normalize_gates`.
+    /// Panics with the [`validate`](Self::validate) message on a bad config.
+    pub fn init_router<B: Backend>(&self, device: &B::Device) -> Router<B> {
+        self.assert_valid();
+        let weight = truncated_normal::<B, 2>(
+            [self.d_model, self.num_experts],
+            self.init_scale,
+            self.d_model,
+            device,
+        ); // [d, E]
+        Router {
+            gate: Linear {
+                weight: Param::from_tensor(weight),
+                bias: None,
+            },
+            top_k: self.top_k,
+            jitter: self.jitter,
+            normalize_gates: self.normalize_gates,
+        }
+    }
+
+    /// Builds the experts alone: `w_in` `[E, d, f]` and `w_out` `[E, f, d]` from the paper's
+    /// truncated normal (std √(init_scale / fan_in)), biases at 0 when `bias`.
+    /// Panics with the [`validate`](Self::validate) message on a bad config.
+    pub fn init_experts<B: Backend>(&self, device: &B::Device) -> Experts<B> {
+        self.assert_valid();
+        let (e, d, f) = (self.num_experts, self.d_model, self.d_ff);
+        let w_in = truncated_normal::<B, 3>([e, d, f], self.init_scale, d, device); // [E, d, f]
+        let w_out = truncated_normal::<B, 3>([e, f, d], self.init_scale, f, device); // [E, f, d]
+        let bias = |n: usize| Param::from_tensor(Tensor::<B, 2>::zeros([e, n], device));
+        Experts {
+            w_in: Param::from_tensor(w_in),
+            w_out: Param::from_tensor(w_out),
+            b_in: self.bias.then(|| bias(f)),
+            b_out: self.bias.then(|| bias(d)),
+            activation: ExpertActivation::from_config(&self.activation).expect("validated above"),
+            dropout: DropoutConfig::new(self.expert_dropout).init(),
+        }
+    }
+
+    fn assert_valid(&self) {
+        if let Err(e) = self.validate() {
+            panic!("{e}");
+        }
+    }
+}
+
+impl<B: Backend> ModuleDisplay for SwitchFeedForward<B> {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        let [_, d_model, d_ff] = self.experts.w_in.shape().dims::<3>();
+        content
+            .add("d_model", &d_model)
+            .add("d_ff", &d_ff)
+            .add("num_experts", &self.num_experts())
+            .add("top_k", &self.router.top_k)
+            .add("capacity_factor", &self.capacity_factor)
+            .add("eval_capacity_factor", &self.eval_capacity_factor)
+            .add("dropless", &self.dropless)
+            .add("activation", &format!("{:?}", self.experts.activation))
+            .optional()
     }
 }
 

@@ -6,38 +6,13 @@
 //! which keeps the exponentials of the softmax stable in bf16/f16 models. Multiplicative jitter
 //! U[1−ε, 1+ε] on the router input during training explores routing (paper Table 9, §2.4).
 
-use burn::config::Config;
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Distribution, FloatDType, Int, Tensor, backend::Backend};
 
-use crate::error::check;
-use crate::init::truncated_normal;
-
-/// Configuration of a [`Router`].
-#[derive(Config, Debug)]
-pub struct RouterConfig {
-    /// Model width d (router input size).
-    pub d_model: usize,
-    /// Number of experts E.
-    pub num_experts: usize,
-    /// Experts chosen per token k. Default 1 (Switch routing, paper §2.1).
-    #[config(default = 1)]
-    pub top_k: usize,
-    /// Multiplicative jitter ε: the router input is multiplied by U[1−ε, 1+ε] in training only.
-    /// Default 0.01 (paper §2.4, Table 9: "input jitter" was the best-performing noise).
-    #[config(default = 0.01)]
-    pub jitter: f64,
-    /// Initialisation scale s: weights ~ truncated normal with std √(s / d). Default 0.1 (paper §2.4).
-    #[config(default = 0.1)]
-    pub init_scale: f64,
-    /// For top-k > 1: renormalise the k gates of a token to sum to 1. Default true.
-    #[config(default = true)]
-    pub normalize_gates: bool,
-}
-
 /// The router: a bias-free linear map d → E evaluated in f32, followed by softmax and top-k.
+/// Built by [`SwitchFeedForwardConfig::init_router`](crate::SwitchFeedForwardConfig::init_router).
 #[derive(Module, Debug)]
 pub struct Router<B: Backend> {
     /// Router weights Wᵣ `[d, E]`, no bias, stored in the model's float type.
@@ -65,55 +40,6 @@ pub struct Routing<B: Backend> {
     /// Probabilities of the chosen experts `[T, k]`, f32; renormalised to sum 1 when
     /// `normalize_gates` and k > 1.
     pub gates: Tensor<B, 2>,
-}
-
-impl RouterConfig {
-    /// Checks every field; the error names the field and its value.
-    pub fn validate(&self) -> crate::Result<()> {
-        const C: &str = "RouterConfig";
-        check::positive(C, "d_model", self.d_model)?;
-        check::positive(C, "num_experts", self.num_experts)?;
-        check::positive(C, "top_k", self.top_k)?;
-        if self.top_k > self.num_experts {
-            return Err(crate::Error::config(
-                C,
-                "top_k",
-                self.top_k,
-                format!("must not exceed num_experts = {}", self.num_experts),
-            ));
-        }
-        if !(self.jitter.is_finite() && (0.0..1.0).contains(&self.jitter)) {
-            return Err(crate::Error::config(
-                C,
-                "jitter",
-                self.jitter,
-                "must lie in [0, 1)",
-            ));
-        }
-        check::positive_f64(C, "init_scale", self.init_scale)
-    }
-
-    /// Builds the router. Panics with the [`validate`](Self::validate) message on a bad config.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Router<B> {
-        if let Err(e) = self.validate() {
-            panic!("{e}");
-        }
-        let weight = truncated_normal::<B, 2>(
-            [self.d_model, self.num_experts],
-            self.init_scale,
-            self.d_model,
-            device,
-        ); // [d, E]
-        Router {
-            gate: Linear {
-                weight: Param::from_tensor(weight),
-                bias: None,
-            },
-            top_k: self.top_k,
-            jitter: self.jitter,
-            normalize_gates: self.normalize_gates,
-        }
-    }
 }
 
 impl<B: Backend> Router<B> {

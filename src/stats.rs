@@ -94,6 +94,24 @@ impl<B: Backend> MoeStats<B> {
         }
     }
 
+    /// The same values cut from the autodiff graph: what a training step hands to its metrics
+    /// after the backward pass, so the graph is not kept alive.
+    pub fn detach(self) -> Self {
+        Self {
+            aux_loss: self.aux_loss.detach(),
+            z_loss: self.z_loss.detach(),
+            tokens_per_expert: self.tokens_per_expert.detach(),
+            dropped_fraction: self.dropped_fraction.detach(),
+            router_entropy: self.router_entropy.detach(),
+            router_prob_mean: self.router_prob_mean.detach(),
+        }
+    }
+
+    /// α·aux + β·z `[1]`: the term this layer adds to the training loss.
+    pub fn weighted_loss(&self, weights: MoeLossWeights) -> Tensor<B, 1> {
+        weights.apply(self.aux_loss.clone(), self.z_loss.clone())
+    }
+
     /// Number of experts E.
     pub fn num_experts(&self) -> usize {
         self.tokens_per_expert.dims()[0]
@@ -126,6 +144,45 @@ impl<B: Backend> MoeStats<B> {
     }
 }
 
+/// The weights of the routing losses in a training objective:
+/// `loss = task_loss + aux · load_balancing_loss + z · router_z_loss`.
+///
+/// ```
+/// # use switch_moe::MoeLossWeights;
+/// let w = MoeLossWeights::default(); // the papers' α = 0.01, β = 0.001
+/// assert_eq!((w.aux, w.z), (0.01, 0.001));
+/// let no_balancing = MoeLossWeights { aux: 0.0, ..w };
+/// # let _ = no_balancing;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MoeLossWeights {
+    /// α, the weight of the load-balancing loss.
+    pub aux: f64,
+    /// β, the weight of the router z-loss.
+    pub z: f64,
+}
+
+impl MoeLossWeights {
+    /// The papers' weights: α = 0.01 (Switch Transformer §2.2, "sufficiently large to ensure
+    /// load balancing while small enough to not overwhelm the primary cross-entropy objective")
+    /// and β = 0.001 (ST-MoE §3.1).
+    pub const PAPER: Self = Self {
+        aux: 0.01,
+        z: 0.001,
+    };
+
+    /// aux·`aux_loss` + z·`z_loss` `[1]`.
+    pub fn apply<B: Backend>(&self, aux_loss: Tensor<B, 1>, z_loss: Tensor<B, 1>) -> Tensor<B, 1> {
+        aux_loss.mul_scalar(self.aux) + z_loss.mul_scalar(self.z)
+    }
+}
+
+impl Default for MoeLossWeights {
+    fn default() -> Self {
+        Self::PAPER
+    }
+}
+
 /// Stats of several sparse layers: mean losses and the per-layer detail.
 #[derive(Debug, Clone)]
 pub struct CombinedMoeStats<B: Backend> {
@@ -138,6 +195,20 @@ pub struct CombinedMoeStats<B: Backend> {
 }
 
 impl<B: Backend> CombinedMoeStats<B> {
+    /// The same values cut from the autodiff graph (see [`MoeStats::detach`]).
+    pub fn detach(self) -> Self {
+        Self {
+            aux_loss: self.aux_loss.detach(),
+            z_loss: self.z_loss.detach(),
+            layers: self.layers.into_iter().map(MoeStats::detach).collect(),
+        }
+    }
+
+    /// α·mean aux + β·mean z `[1]`: the term the sparse layers add to the training loss.
+    pub fn weighted_loss(&self, weights: MoeLossWeights) -> Tensor<B, 1> {
+        weights.apply(self.aux_loss.clone(), self.z_loss.clone())
+    }
+
     /// Per-layer first-choice counts `[L, E]` (all layers must have the same E).
     pub fn tokens_per_expert(&self) -> Tensor<B, 2> {
         Tensor::stack(

@@ -17,7 +17,7 @@ fn skewed<Bk: burn::tensor::backend::Backend>(
         .with_capacity_factor(1.0)
         .with_eval_capacity_factor(2.0)
         .with_jitter(0.0)
-        .with_dropout(0.0)
+        .with_expert_dropout(0.0)
         .with_init_scale(1.0)
         .init::<Bk>(device);
     let mut router = vec![0.0f32; D * E];

@@ -1,9 +1,7 @@
 //! Config validation: each bad value is named with its field and value, and `init` panics with
 //! the same message.
 
-use switch_moe::{
-    Error, RouterConfig, SwitchEncoderConfig, SwitchEncoderLayerConfig, SwitchFeedForwardConfig,
-};
+use switch_moe::{Error, SwitchEncoderConfig, SwitchEncoderLayerConfig, SwitchFeedForwardConfig};
 
 fn field_and_value(result: switch_moe::Result<()>) -> (String, String, String) {
     match result {
@@ -45,8 +43,16 @@ fn moe_config_errors_name_field_and_value() {
             "eval_capacity_factor",
             "0",
         ),
-        (base().with_dropout(1.0).validate(), "dropout", "1"),
-        (base().with_dropout(-0.1).validate(), "dropout", "-0.1"),
+        (
+            base().with_expert_dropout(1.0).validate(),
+            "expert_dropout",
+            "1",
+        ),
+        (
+            base().with_expert_dropout(-0.1).validate(),
+            "expert_dropout",
+            "-0.1",
+        ),
         (base().with_jitter(1.0).validate(), "jitter", "1"),
         (base().with_init_scale(0.0).validate(), "init_scale", "0"),
         (
@@ -74,9 +80,14 @@ fn layer_and_encoder_config_errors() {
     let layer = || SwitchEncoderLayerConfig::new(8, 16, 2, 4);
     let (f, v, _) = field_and_value(layer().with_dropout(1.2).validate());
     assert_eq!((f.as_str(), v.as_str()), ("dropout", "1.2"));
-    let (f, v, _) = field_and_value(layer().with_expert_dropout(1.0).validate());
+    // MoE settings live in the nested SwitchFeedForwardConfig, whose name the error carries.
+    let (f, v, msg) = field_and_value(layer().map_moe(|m| m.with_expert_dropout(1.0)).validate());
     assert_eq!((f.as_str(), v.as_str()), ("expert_dropout", "1"));
-    let (f, _, _) = field_and_value(layer().with_top_k(5).validate());
+    assert!(
+        msg.contains("SwitchFeedForwardConfig.expert_dropout"),
+        "{msg}"
+    );
+    let (f, _, _) = field_and_value(layer().map_moe(|m| m.with_top_k(5)).validate());
     assert_eq!(f, "top_k");
 
     let (f, v, msg) = field_and_value(SwitchEncoderConfig::new(8, 16, 2, 1, 4).validate());
@@ -89,7 +100,12 @@ fn layer_and_encoder_config_errors() {
     assert_eq!((f.as_str(), v.as_str()), ("num_experts", "0"));
     let (f, _, _) = field_and_value(SwitchEncoderConfig::new(8, 16, 2, 0, 4).validate());
     assert_eq!(f, "n_layers");
-    assert!(RouterConfig::new(8, 4).with_top_k(4).validate().is_ok());
+    assert!(
+        SwitchFeedForwardConfig::new(8, 16, 4)
+            .with_top_k(4)
+            .validate()
+            .is_ok()
+    );
 }
 
 #[test]
@@ -99,4 +115,24 @@ fn init_panics_with_the_validate_message() {
     let _ = SwitchFeedForwardConfig::new(8, 16, 4)
         .with_top_k(0)
         .init::<switch_moe::backend::TestBackend>(&device);
+}
+
+#[test]
+fn printing_a_layer_shows_the_moe_settings_and_parameter_count() {
+    let device = Default::default();
+    let layer = SwitchEncoderLayerConfig::new(8, 16, 2, 4)
+        .map_moe(|m| m.with_top_k(2).with_capacity_factor(1.5))
+        .init::<switch_moe::backend::TestBackend>(&device);
+    let text = layer.to_string();
+    // Router 8·4 + experts 2·4·8·16 = 32 + 1024 parameters in the MoE block.
+    for needle in [
+        "num_experts: 4",
+        "top_k: 2",
+        "capacity_factor: 1.5",
+        "eval_capacity_factor: 2",
+        "dropless: false",
+        "params: 1056",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
 }

@@ -22,8 +22,7 @@ fn parity(norm_first: bool, activation: ActivationConfig) {
     );
     let mut switch = SwitchEncoderLayerConfig::new(d, f, heads, 1)
         .with_norm_first(norm_first)
-        .with_activation(activation)
-        .with_bias(true)
+        .map_moe(|m| m.with_activation(activation).with_bias(true))
         .init::<B>(&device);
 
     let x = tensor::<B, 3>(

@@ -10,7 +10,7 @@ use switch_moe::{SwitchFeedForward, SwitchFeedForwardConfig};
 fn config(d: usize, f: usize, e: usize) -> SwitchFeedForwardConfig {
     SwitchFeedForwardConfig::new(d, f, e)
         .with_jitter(0.0)
-        .with_dropout(0.0)
+        .with_expert_dropout(0.0)
         .with_capacity_factor(e as f64)
         .with_eval_capacity_factor(e as f64)
         .with_init_scale(1.0)

@@ -5,7 +5,7 @@ mod common;
 use burn::module::Param;
 use burn::tensor::Tensor;
 use common::*;
-use switch_moe::{MoeStats, SwitchFeedForwardConfig};
+use switch_moe::{MoeLossWeights, MoeStats, RoutingStats, SwitchFeedForwardConfig};
 
 fn block(d: usize, e: usize, router: Vec<f32>) -> switch_moe::SwitchFeedForward<B> {
     let device = device();
@@ -99,4 +99,58 @@ fn combine_averages_losses_and_keeps_layers() {
     assert_eq!(host(combined.token_fractions()), vec![1.0, 0.0, 0.0, 1.0]);
     assert_eq!(host(combined.dropped_fraction()), vec![0.25, 0.0]);
     assert_eq!(combined.layers.len(), 2);
+}
+
+#[test]
+fn routing_stats_read_the_per_layer_values_in_one_pass() {
+    let device = device();
+    let one = |v: f32| Tensor::<B, 1>::from_floats([v], &device);
+    let layer =
+        |aux: f32, counts: [f32; 4], probs: [f32; 4], dropped: f32, entropy: f32| MoeStats::<B> {
+            aux_loss: one(aux),
+            z_loss: one(2.0 * aux),
+            tokens_per_expert: Tensor::from_floats(counts, &device),
+            dropped_fraction: one(dropped),
+            router_entropy: one(entropy),
+            router_prob_mean: Tensor::from_floats(probs, &device),
+        };
+    let combined = MoeStats::combine(vec![
+        layer(1.0, [4.0, 2.0, 2.0, 0.0], [0.4, 0.3, 0.2, 0.1], 0.25, 1.0),
+        layer(3.0, [0.0, 0.0, 8.0, 0.0], [0.1, 0.1, 0.7, 0.1], 0.5, 0.2),
+    ]);
+    let loss = Tensor::<B, 1>::from_floats([7.5], &device);
+    let (stats, extra) = RoutingStats::read_with(&combined, vec![loss]);
+    assert_eq!(extra, vec![vec![7.5]]);
+    assert_eq!(stats.num_tokens, 8);
+    assert_eq!(stats.num_experts(), 4);
+    assert!((stats.aux_loss - 2.0).abs() < 1e-6 && (stats.z_loss - 4.0).abs() < 1e-6);
+    assert_eq!(stats.layers[0].token_fractions, vec![0.5, 0.25, 0.25, 0.0]);
+    assert_eq!(stats.layers[1].token_fractions, vec![0.0, 0.0, 1.0, 0.0]);
+    // Max expert load E·max f: 4·0.5 = 2 and 4·1 = 4; the metric is their mean, 3.
+    assert_eq!(stats.layers[0].max_expert_load(), 2.0);
+    assert_eq!(stats.layer_mean(|l| l.max_expert_load()), 3.0);
+    // Expert fractions, mean over layers: (0.25, 0.125, 0.625, 0), summing to 1.
+    let fractions: Vec<f64> = (0..4).map(|e| stats.expert_fraction(e)).collect();
+    assert_eq!(fractions, vec![0.25, 0.125, 0.625, 0.0]);
+    assert!((stats.layer_mean(|l| l.dropped_fraction) - 0.375).abs() < 1e-9);
+    assert!((stats.layers[1].router_prob_mean[2] - 0.7).abs() < 1e-6);
+    // `read` is the same without extras.
+    assert_eq!(RoutingStats::read(&combined), stats);
+}
+
+#[test]
+fn weighted_loss_is_alpha_aux_plus_beta_z() {
+    let device = device();
+    let moe = block(2, 2, vec![1.0, 0.0, 0.0, 1.0]);
+    let x = tensor::<B, 3>(vec![1.0, 0.0, 0.0, 2.0, 2.0, 0.0], [1, 3, 2], &device);
+    let (_, stats) = moe.forward(x, None);
+    let (aux, z) = (
+        host(stats.aux_loss.clone())[0],
+        host(stats.z_loss.clone())[0],
+    );
+    let paper = host(stats.weighted_loss(MoeLossWeights::default()))[0];
+    assert!((paper - (0.01 * aux + 0.001 * z)).abs() < 1e-7);
+    let custom = MoeLossWeights { aux: 0.5, z: 0.0 };
+    let combined = MoeStats::combine(vec![stats.clone(), stats]);
+    assert!((host(combined.weighted_loss(custom))[0] - 0.5 * aux).abs() < 1e-6);
 }

@@ -158,7 +158,7 @@ fn moe_config(e: usize, k: usize, bias: bool) -> SwitchFeedForwardConfig {
         .with_capacity_factor(0.75)
         .with_eval_capacity_factor(0.75)
         .with_jitter(0.0)
-        .with_dropout(0.0)
+        .with_expert_dropout(0.0)
         .with_bias(bias)
         .with_init_scale(1.0)
 }
@@ -250,12 +250,14 @@ fn layer_parity(norm_first: bool, k: usize, seed: u64) {
     // No dropout or jitter; capacity factor 0.75 drops tokens (see `moe_config`).
     let config = SwitchEncoderLayerConfig::new(D, F, 2, 4)
         .with_norm_first(norm_first)
-        .with_top_k(k)
-        .with_capacity_factor(0.75)
         .with_dropout(0.0)
-        .with_expert_dropout(0.0)
-        .with_jitter(0.0)
-        .with_init_scale(1.0);
+        .map_moe(|m| {
+            m.with_top_k(k)
+                .with_capacity_factor(0.75)
+                .with_expert_dropout(0.0)
+                .with_jitter(0.0)
+                .with_init_scale(1.0)
+        });
     let ref_device = Default::default();
     let mut layer = config.init::<Ref>(&ref_device);
     let rng = &mut Rng::new(seed + 1000);

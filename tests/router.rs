@@ -6,7 +6,7 @@ use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType};
 use common::*;
-use switch_moe::{RouterConfig, SwitchFeedForwardConfig};
+use switch_moe::SwitchFeedForwardConfig;
 
 /// The lower (or other) precision the test backend supports: f16 where it can, f64 otherwise
 /// (ndarray has no f16); either way not f32, which is what the router must compute in.
@@ -63,7 +63,9 @@ fn router_computes_in_f32_whatever_the_model_dtype() {
 fn jitter_applies_in_training_only() {
     let device = device();
     let (d, e) = (8, 4);
-    let router = RouterConfig::new(d, e).with_jitter(0.5).init::<AB>(&device);
+    let router = SwitchFeedForwardConfig::new(d, 16, e)
+        .with_jitter(0.5)
+        .init_router::<AB>(&device);
     let x_host = Rng::new(9).normals(10 * d, 1.0);
     let x = tensor::<AB, 2>(x_host.clone(), [10, d], &device);
 
@@ -95,7 +97,9 @@ fn jitter_applies_in_training_only() {
     assert!(max_abs_diff(&a, &logits) > 1e-3);
 
     // ε = 0 switches it off in training too.
-    let quiet = RouterConfig::new(d, e).with_jitter(0.0).init::<AB>(&device);
+    let quiet = SwitchFeedForwardConfig::new(d, 16, e)
+        .with_jitter(0.0)
+        .init_router::<AB>(&device);
     let xq = tensor::<AB, 2>(x_host, [10, d], &device);
     assert_eq!(
         host(quiet.forward(xq.clone()).logits),

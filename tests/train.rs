@@ -38,7 +38,7 @@ fn tiny_config(d_model: usize) -> TrainingConfig {
     let encoder = SwitchEncoderConfig::new(d_model, 2 * d_model, 2, 2, EXPERTS)
         .with_norm_first(true)
         .with_dropout(0.0)
-        .with_expert_dropout(0.0);
+        .map_moe(|m| m.with_expert_dropout(0.0));
     TrainingConfig::new(SwitchLmConfig::new(0, 32, encoder), TokenizerKind::Char)
         .with_batch_size(8)
         .with_num_epochs(2)

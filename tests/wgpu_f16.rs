@@ -51,7 +51,7 @@ fn wgpu_f16_routes_in_f32_and_outputs_f16() {
         .with_capacity_factor(1.0)
         .with_eval_capacity_factor(1.0)
         .with_jitter(0.0)
-        .with_dropout(0.0)
+        .with_expert_dropout(0.0)
         .with_init_scale(1.0);
     let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
     let ref_device = Default::default();

@@ -6,13 +6,16 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
+use burn::data::dataloader::batcher::Batcher;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use switch_moe::data::LmBatcher;
+use switch_moe::init::HostRng;
 use switch_moe::train::WarmupCosineLr;
-use switch_moe::{EncoderBlock, LmBatch, SwitchLm, SwitchLmConfig};
+use switch_moe::{EncoderBlock, LmBatch, RoutingStats, SwitchLm, SwitchLmConfig};
 
 use super::cli::Corpus;
 
@@ -159,41 +162,23 @@ impl RunLog {
     }
 }
 
-/// A SplitMix64 stream for batch sampling (independent of the backend's RNG).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// A batch of `starts.len()` windows of `seq + 1` tokens.
+/// A batch of the windows of `seq + 1` tokens starting at `starts`, through the library's batcher.
 fn batch<B: Backend>(
     tokens: &[u32],
     starts: &[usize],
     seq: usize,
     device: &B::Device,
 ) -> LmBatch<B> {
-    let b = starts.len();
-    let mut inputs = Vec::with_capacity(b * seq);
-    let mut targets = Vec::with_capacity(b * seq);
-    for &s in starts {
-        inputs.extend(tokens[s..s + seq].iter().map(|t| *t as i64));
-        targets.extend(tokens[s + 1..s + seq + 1].iter().map(|t| *t as i64));
-    }
-    LmBatch {
-        inputs: Tensor::<B, 2, Int>::from_data(TensorData::new(inputs, [b, seq]), device),
-        targets: Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [b, seq]), device),
-    }
+    let windows = starts
+        .iter()
+        .map(|&s| tokens[s..s + seq + 1].to_vec())
+        .collect();
+    LmBatcher.batch(windows, device)
+}
+
+/// A uniform index below `n` from the library's host generator.
+fn below(rng: &mut HostRng, n: usize) -> usize {
+    (rng.next_u64() % n as u64) as usize
 }
 
 fn to_f64<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
@@ -273,7 +258,7 @@ pub fn train_run<B: AutodiffBackend>(
     let mut expert_optim = optim_config.init::<B, SwitchLm<B>>();
     let expert_ids = expert_param_ids(&model);
     let schedule = WarmupCosineLr::new(spec.lr, spec.lr * 0.1, spec.warmup_steps, spec.steps);
-    let mut rng = SplitMix(spec.seed ^ 0x5EED);
+    let mut rng = HostRng::new(spec.seed ^ 0x5EED);
     let tokens_per_step = spec.batch_size * seq;
 
     let mut points = Vec::new();
@@ -288,7 +273,7 @@ pub fn train_run<B: AutodiffBackend>(
     for step in 1..=spec.steps {
         let t0 = Instant::now();
         let starts: Vec<usize> = (0..spec.batch_size)
-            .map(|_| rng.below(corpus.train.len() - seq - 1))
+            .map(|_| below(&mut rng, corpus.train.len() - seq - 1))
             .collect();
         let out = model.forward_step(batch::<B>(&corpus.train, &starts, seq, device));
         let mut grads = out.loss.backward();
@@ -302,13 +287,9 @@ pub fn train_run<B: AutodiffBackend>(
             let grads = GradientsParams::from_grads(grads, &model);
             model = optim.step(lr, model, grads);
         }
-        // Host copies of the step's numbers (the backend syncs here anyway for the optimiser).
-        let ce = to_f64(out.cross_entropy)[0];
-        let fractions = out.moe.token_fractions();
-        let [layers, experts] = fractions.dims();
-        let fractions = to_f64(fractions);
-        let dropped = to_f64(out.moe.dropped_fraction());
-        let entropy = to_f64(out.moe.router_entropy());
+        // The step's numbers on the host, in one transaction (what the Learner's metrics read).
+        let (stats, extra) = RoutingStats::read_with(&out.moe, vec![out.cross_entropy]);
+        let ce = extra[0][0];
         train_time += t0.elapsed().as_secs_f64();
         if !ce.is_finite() {
             diverged_at = Some(step);
@@ -318,30 +299,21 @@ pub fn train_run<B: AutodiffBackend>(
             );
             break;
         }
-        let max_load = (0..layers)
-            .map(|l| {
-                fractions[l * experts..(l + 1) * experts]
-                    .iter()
-                    .fold(0.0f64, |m, v| m.max(*v))
-                    * experts as f64
-            })
-            .sum::<f64>()
-            / layers as f64;
         acc.add(
             ce,
-            to_f64(out.moe.aux_loss)[0],
-            to_f64(out.moe.z_loss)[0],
-            mean(&dropped),
-            mean(&entropy),
-            max_load,
+            stats.aux_loss,
+            stats.z_loss,
+            stats.layer_mean(|l| l.dropped_fraction),
+            stats.layer_mean(|l| l.router_entropy),
+            stats.layer_mean(|l| l.max_expert_load()),
         );
         if route_acc.is_empty() {
-            route_acc = vec![vec![0.0; experts]; layers];
+            route_acc = vec![vec![0.0; stats.num_experts()]; stats.layers.len()];
         }
-        for l in 0..layers {
-            for e in 0..experts {
-                route_acc[l][e] += fractions[l * experts + e];
-            }
+        for (sums, layer) in route_acc.iter_mut().zip(&stats.layers) {
+            sums.iter_mut()
+                .zip(&layer.token_fractions)
+                .for_each(|(s, f)| *s += f);
         }
         route_n += 1;
         if step % spec.log_every == 0 || step == spec.steps {
@@ -392,10 +364,6 @@ pub fn train_run<B: AutodiffBackend>(
         diverged_at,
         num_params,
     }
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 #[derive(Default)]

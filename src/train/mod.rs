@@ -4,15 +4,13 @@
 mod logger;
 mod metrics;
 mod renderer;
-mod routing_csv;
 mod run;
 mod schedule;
 mod step;
 
 pub use logger::ResumeAwareLogger;
-pub use metrics::{StatKind, StatMetric};
+pub use metrics::{LmMetric, LmMetricKind};
 pub use renderer::PlainRenderer;
-pub use routing_csv::{ROUTING_CSV, RoutingCsvMetric};
 pub use run::{
     ArtifactDir, TokenizerKind, TrainOptions, TrainSummary, TrainingConfig, epoch_metric,
     load_trained, train,

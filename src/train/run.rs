@@ -18,14 +18,14 @@ use burn::train::metric::store::{Aggregate, Direction, Split};
 use burn::train::{Learner, MetricEarlyStoppingStrategy, StoppingCondition, SupervisedTraining};
 
 use super::logger::ResumeAwareLogger;
-use super::metrics::{StatKind, StatMetric};
+use super::metrics::{LmMetric, LmMetricKind};
 use super::renderer::PlainRenderer;
-use super::routing_csv::{ROUTING_CSV, RoutingCsvMetric};
 use super::schedule::WarmupCosineLr;
 use crate::Result as MoeResult;
 use crate::data::{LmBatcher, TextTokenizer, TokenWindows, load_corpus};
 use crate::error::Error;
 use crate::lm::{SwitchLm, SwitchLmConfig};
+use crate::metrics::{ROUTING_CSV, RoutingCsvMetric, routing_metrics};
 
 /// How the run gets its tokenizer.
 #[derive(Config, Debug, PartialEq)]
@@ -358,7 +358,12 @@ pub fn train<B: AutodiffBackend>(
     );
 
     let mut training = SupervisedTraining::new(&dir.0, train_loader, valid_loader);
-    for metric in StatMetric::all(config.model.encoder.num_experts) {
+    for kind in [LmMetricKind::Loss, LmMetricKind::Perplexity] {
+        training = training
+            .metric_train_numeric(LmMetric::new(kind))
+            .metric_valid_numeric(LmMetric::new(kind));
+    }
+    for metric in routing_metrics(config.model.encoder.moe().num_experts) {
         training = training
             .metric_train_numeric(metric.clone())
             .metric_valid_numeric(metric);
@@ -385,7 +390,7 @@ pub fn train<B: AutodiffBackend>(
         // The Learner's default checkpointing keeps the epoch of lowest validation "Loss" (our
         // cross-entropy metric has that name), so the best weights survive the stop.
         training = training.early_stopping(MetricEarlyStoppingStrategy::new(
-            &StatMetric::new(StatKind::Loss),
+            &LmMetric::new(LmMetricKind::Loss),
             Aggregate::Mean,
             Direction::Lowest,
             Split::Valid,

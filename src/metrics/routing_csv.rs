@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use burn::train::metric::{Metric, MetricMetadata, MetricName, SerializedEntry};
 
-use super::step::LmStats;
+use crate::routing_stats::RoutingStats;
 
 /// File name of the routing CSV inside the artifact directory.
 pub const ROUTING_CSV: &str = "routing.csv";
 const HEADER: &str = "epoch,split,layer,expert,token_fraction,router_prob_mean";
 
 /// A text metric that accumulates routing statistics over an epoch and appends them to
-/// `routing.csv` when the Learner ends the epoch.
+/// `routing.csv` when the Learner ends the epoch. Its input is [`RoutingStats`], so any model
+/// that adapts its output to it can register one per split.
 #[derive(Clone)]
 pub struct RoutingCsvMetric {
     path: PathBuf,
@@ -80,17 +81,27 @@ fn accumulate(sums: &mut Vec<Vec<f64>>, values: &[Vec<f64>], w: f64) {
 }
 
 impl Metric for RoutingCsvMetric {
-    type Input = LmStats;
+    type Input = RoutingStats;
 
     fn name(&self) -> MetricName {
         self.name.clone()
     }
 
-    fn update(&mut self, item: &LmStats, metadata: &MetricMetadata) -> SerializedEntry {
+    fn update(&mut self, item: &RoutingStats, metadata: &MetricMetadata) -> SerializedEntry {
         self.epoch = metadata.global_progress.items_processed;
         let w = item.num_tokens as f64;
-        accumulate(&mut self.fraction_sums, &item.token_fractions, w);
-        accumulate(&mut self.prob_sums, &item.router_prob_mean, w);
+        let fractions: Vec<Vec<f64>> = item
+            .layers
+            .iter()
+            .map(|l| l.token_fractions.clone())
+            .collect();
+        let probs: Vec<Vec<f64>> = item
+            .layers
+            .iter()
+            .map(|l| l.router_prob_mean.clone())
+            .collect();
+        accumulate(&mut self.fraction_sums, &fractions, w);
+        accumulate(&mut self.prob_sums, &probs, w);
         self.weight += w;
         let text = format!("{} tokens routed this epoch", self.weight as u64);
         SerializedEntry::new(text.clone(), text)
