@@ -17,8 +17,26 @@
 //!
 //! Dispatch is then one `select` (gather) of token rows, combine one `select` of expert-output rows
 //! weighted by the gates: both differentiable, with the backward a scatter-add.
+//!
+//! With [`DropPolicy::Probability`] (batch-prioritised routing, Riquelme et al. 2021 "Scaling
+//! Vision with Sparse Mixture of Experts" §3.1; Megatron-LM's `probs` drop policy) the slots of an
+//! overflowing expert go to its assignments of highest router probability instead: step 2 becomes
+//! an `argtopk` of C over each expert's column of assignments (scores of other experts' assignments
+//! at −1), and the inverse map is read off its result.
 
+use burn::config::Config;
 use burn::tensor::{BasicOps, Bool, IndexingUpdateOp, Int, Tensor, backend::Backend};
+
+/// Which assignments an overflowing expert drops.
+#[derive(Config, Debug, PartialEq, Eq)]
+pub enum DropPolicy {
+    /// Earlier tokens first, every first choice before any second choice (the Switch paper's
+    /// order). The default.
+    Position,
+    /// The assignments of highest router probability first (batch-prioritised routing): a token
+    /// the router is unsure about is dropped before a confident one.
+    Probability,
+}
 
 /// How many slots each expert gets.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,6 +71,11 @@ pub struct DispatchPlan<B: Backend> {
     pub kept: Tensor<B, 2, Bool>,
     /// First-choice assignments of real tokens per expert, before capacity `[E]`.
     pub first_choice_counts: Tensor<B, 1, Int>,
+    /// All k assignments of real tokens per expert, before capacity `[E]` (what aux-loss-free
+    /// balancing counts).
+    pub assignment_counts: Tensor<B, 1, Int>,
+    /// Real tokens none of whose assignments got a slot: they skip the experts entirely `[1]`.
+    pub num_skipped: Tensor<B, 1, Int>,
     /// Assignments of real tokens, k per token `[1]`.
     pub num_routed: Tensor<B, 1, Int>,
     /// Assignments that got a slot `[1]`.
@@ -60,7 +83,8 @@ pub struct DispatchPlan<B: Backend> {
 }
 
 impl<B: Backend> DispatchPlan<B> {
-    /// Plans the dispatch of T tokens with k choices each.
+    /// Plans the dispatch of T tokens with k choices each, slots claimed in position order
+    /// ([`DropPolicy::Position`]).
     ///
     /// # Shapes
     /// - expert_ids: `[T, k]`, values in 0..E, best choice first
@@ -71,33 +95,15 @@ impl<B: Backend> DispatchPlan<B> {
         num_experts: usize,
         capacity: Capacity,
     ) -> Self {
-        let device = expert_ids.device();
         let [t, k] = expert_ids.dims();
         let e = num_experts;
-
-        let ids = choice_major(expert_ids); // [k·T]
-        let experts = Tensor::<B, 1, Int>::arange(0..e as i64, &device).unsqueeze::<2>(); // [1, E]
-        let mut assign = ids.clone().unsqueeze_dim::<2>(1).equal(experts).int(); // [k·T, E]
-        if let Some(real) = real {
-            let real = real
-                .int()
-                .unsqueeze::<2>()
-                .repeat_dim(0, k)
-                .reshape([k * t, 1]); // [k·T, 1]
-            assign = assign * real;
-        }
-        let routed = assign.clone().sum_dim(1).reshape([k * t]); // [k·T], 1 real / 0 padding
-
-        let capacity = match capacity {
-            Capacity::Fixed(c) => c,
-            Capacity::Dropless => {
-                // HOST SYNC: dropless routing sizes the expert buffer by the largest load, a value
-                // only the data knows; one scalar is read per forward.
-                let load = assign.clone().sum_dim(0).max().into_scalar(); // most assignments to one expert
-                let load: i64 = burn::tensor::ElementConversion::elem(load);
-                (load.max(1) as usize).min(t.max(1))
-            }
-        };
+        let device = expert_ids.device();
+        let Assignments {
+            ids,
+            assign,
+            routed,
+            capacity,
+        } = assignments(expert_ids, real, e, capacity);
 
         // Slot of each assignment within its expert: how many assignments of the same expert come
         // before it in priority order.
@@ -120,7 +126,80 @@ impl<B: Backend> DispatchPlan<B> {
             .scatter(0, rows.clone(), tokens, IndexingUpdateOp::Add)
             .slice(0..e * capacity); // [E·C]
 
-        let first_choice_counts = assign.slice(0..t).sum_dim(0).reshape([e]); // [E]
+        Self::assemble(assign, routed, kept, rows, src_rows, capacity, [k, t, e])
+    }
+
+    /// Plans the dispatch with slots claimed by priority ([`DropPolicy::Probability`]): when an
+    /// expert overflows, its assignments of lowest `priority` (the router probability) are
+    /// dropped. Assignments of equal priority are kept in an order the backend's `argtopk`
+    /// chooses.
+    ///
+    /// # Shapes
+    /// - expert_ids: `[T, k]`, values in 0..E
+    /// - priority: `[T, k]`, in [0, 1] (the router gates)
+    /// - real: `[T]`, true for tokens to route (`None`: all)
+    pub fn by_priority(
+        expert_ids: Tensor<B, 2, Int>,
+        priority: Tensor<B, 2>,
+        real: Option<Tensor<B, 1, Bool>>,
+        num_experts: usize,
+        capacity: Capacity,
+    ) -> Self {
+        let [t, k] = expert_ids.dims();
+        let e = num_experts;
+        let device = expert_ids.device();
+        let Assignments {
+            assign,
+            routed,
+            capacity,
+            ..
+        } = assignments(expert_ids.clone(), real.clone(), e, capacity);
+        if capacity >= k * t {
+            // No expert can overflow (argtopk also needs C < k·T): every order keeps everything.
+            return Self::new(expert_ids, real, e, Capacity::Fixed(capacity));
+        }
+        // score[e, r]: assignment r's priority if it goes to expert e, else −1.
+        let p = choice_major(priority.detach()).reshape([1, k * t]); // [1, k·T]
+        let mine = assign.clone().transpose().equal_elem(1); // [E, k·T]
+        let score = p.repeat_dim(0, e).mask_fill(mine.bool_not(), -1.0); // [E, k·T]
+        let top = top_columns(score.clone(), capacity); // [E, C], assignment indices
+        let valid = score.gather(1, top.clone()).greater_elem(-0.5).int(); // [E, C], 1 = a real assignment
+        let top = top.reshape([e * capacity]); // [E·C]
+        let valid = valid.reshape([e * capacity]); // [E·C]
+
+        // Buffer row -> 1 + token (0: empty slot); token of assignment r is r mod T.
+        let src_rows = (top.clone().remainder_scalar(t as i64) + 1) * valid.clone(); // [E·C]
+        // Assignment -> 1 + buffer row, by a scatter of the (unique) kept rows; others stay 0.
+        let target = top.mask_fill(valid.clone().equal_elem(0), (k * t) as i64); // [E·C]
+        let buffer_rows = Tensor::<B, 1, Int>::arange(1..(e * capacity) as i64 + 1, &device); // [E·C]
+        let row_plus_one = Tensor::<B, 1, Int>::zeros([k * t + 1], &device)
+            .scatter(0, target, buffer_rows, IndexingUpdateOp::Add)
+            .slice(0..k * t); // [k·T]
+        let kept = row_plus_one.clone().greater_elem(0).int(); // [k·T], 0/1
+        let empty_row = (e * capacity) as i64;
+        let rows = (row_plus_one - 1).mask_fill(kept.clone().equal_elem(0), empty_row); // [k·T]
+        Self::assemble(assign, routed, kept, rows, src_rows, capacity, [k, t, e])
+    }
+
+    /// The plan's fields from the per-assignment results.
+    ///
+    /// # Shapes
+    /// - assign `[k·T, E]`, routed `[k·T]`, kept `[k·T]` (0/1), rows `[k·T]`, src_rows `[E·C]`
+    fn assemble(
+        assign: Tensor<B, 2, Int>,
+        routed: Tensor<B, 1, Int>,
+        kept: Tensor<B, 1, Int>,
+        rows: Tensor<B, 1, Int>,
+        src_rows: Tensor<B, 1, Int>,
+        capacity: usize,
+        [k, t, e]: [usize; 3],
+    ) -> Self {
+        let first_choice_counts = assign.clone().slice(0..t).sum_dim(0).reshape([e]); // [E]
+        let assignment_counts = assign.sum_dim(0).reshape([e]); // [E]
+        // A real token is skipped when none of its k assignments was kept.
+        let kept_per_token = kept.clone().reshape([k, t]).sum_dim(0).reshape([t]); // [T]
+        let real_token = routed.clone().slice(0..t); // [T], 1 real / 0 padding
+        let num_skipped = (real_token * kept_per_token.equal_elem(0).int()).sum(); // [1]
         Self {
             capacity,
             num_experts: e,
@@ -128,6 +207,8 @@ impl<B: Backend> DispatchPlan<B> {
             combine_rows: rows.reshape([k, t]),
             kept: kept.clone().equal_elem(1).reshape([k, t]),
             first_choice_counts,
+            assignment_counts,
+            num_skipped,
             num_routed: routed.sum(),
             num_kept: kept.sum(),
         }
@@ -139,11 +220,7 @@ impl<B: Backend> DispatchPlan<B> {
     /// - x: `[T, d]`
     /// - output: `[E, C, d]`
     pub fn dispatch(&self, x: Tensor<B, 2>) -> Tensor<B, 3> {
-        let [_, d] = x.dims();
-        let zero = Tensor::<B, 2>::zeros([1, d], (&x.device(), x.dtype())); // [1, d]
-        Tensor::cat(vec![zero, x], 0) // [1 + T, d]; row 0 serves empty slots
-            .select(0, self.src_rows.clone()) // [E·C, d]
-            .reshape([self.num_experts, self.capacity, d])
+        gather_slots(x, self.src_rows.clone(), self.num_experts, self.capacity)
     }
 
     /// Weights each kept assignment's expert output by its gate and sums a token's k choices.
@@ -165,6 +242,93 @@ impl<B: Backend> DispatchPlan<B> {
         } else {
             weighted.reshape([k, t, d]).sum_dim(0).reshape([t, d])
         }
+    }
+}
+
+/// The column indices of the `c` largest values of each row, for `c` < the number of columns.
+///
+/// `argtopk` where the backend has it (LibTorch, CubeCL, Fusion); burn-ndarray 0.21 leaves
+/// `float_argtopk` unimplemented, so there a full `argsort_descending` (which Burn runs on the host —
+/// where ndarray's data already is) is cut to its first `c` columns. Ties: the backend's order.
+///
+/// # Shapes
+/// - values: `[R, N]`
+/// - output: `[R, c]`
+pub(crate) fn top_columns<B: Backend>(values: Tensor<B, 2>, c: usize) -> Tensor<B, 2, Int> {
+    let [rows, _] = values.dims();
+    if B::name(&values.device()).contains("ndarray") {
+        values.argsort_descending(1).slice([0..rows, 0..c]) // [R, c]
+    } else {
+        values.argtopk(c, 1) // [R, c]
+    }
+}
+
+/// Gathers token rows into expert slots; slot rows holding 0 get zeros.
+///
+/// # Shapes
+/// - x: `[T, d]`; src_rows: `[E·C]`, 1 + the token of each slot (0: empty)
+/// - output: `[E, C, d]`
+pub(crate) fn gather_slots<B: Backend>(
+    x: Tensor<B, 2>,
+    src_rows: Tensor<B, 1, Int>,
+    num_experts: usize,
+    capacity: usize,
+) -> Tensor<B, 3> {
+    let [_, d] = x.dims();
+    let zero = Tensor::<B, 2>::zeros([1, d], (&x.device(), x.dtype())); // [1, d]
+    Tensor::cat(vec![zero, x], 0) // [1 + T, d]; row 0 serves empty slots
+        .select(0, src_rows) // [E·C, d]
+        .reshape([num_experts, capacity, d])
+}
+
+/// The assignments of T tokens with k choices, in choice-major order, and the capacity.
+struct Assignments<B: Backend> {
+    /// Expert of each assignment `[k·T]`.
+    ids: Tensor<B, 1, Int>,
+    /// 1 where assignment r goes to expert e and its token is real `[k·T, E]`.
+    assign: Tensor<B, 2, Int>,
+    /// 1 for a real token's assignment, 0 for padding `[k·T]`.
+    routed: Tensor<B, 1, Int>,
+    /// Slots per expert C.
+    capacity: usize,
+}
+
+/// Builds the [`Assignments`] of `expert_ids` `[T, k]` (`real`: `[T]`).
+fn assignments<B: Backend>(
+    expert_ids: Tensor<B, 2, Int>,
+    real: Option<Tensor<B, 1, Bool>>,
+    e: usize,
+    capacity: Capacity,
+) -> Assignments<B> {
+    let device = expert_ids.device();
+    let [t, k] = expert_ids.dims();
+    let ids = choice_major(expert_ids); // [k·T]
+    let experts = Tensor::<B, 1, Int>::arange(0..e as i64, &device).unsqueeze::<2>(); // [1, E]
+    let mut assign = ids.clone().unsqueeze_dim::<2>(1).equal(experts).int(); // [k·T, E]
+    if let Some(real) = real {
+        let real = real
+            .int()
+            .unsqueeze::<2>()
+            .repeat_dim(0, k)
+            .reshape([k * t, 1]); // [k·T, 1]
+        assign = assign * real;
+    }
+    let routed = assign.clone().sum_dim(1).reshape([k * t]); // [k·T], 1 real / 0 padding
+    let capacity = match capacity {
+        Capacity::Fixed(c) => c,
+        Capacity::Dropless => {
+            // HOST SYNC: dropless routing sizes the expert buffer by the largest load, a value
+            // only the data knows; one scalar is read per forward.
+            let load = assign.clone().sum_dim(0).max().into_scalar(); // most assignments to one expert
+            let load: i64 = burn::tensor::ElementConversion::elem(load);
+            (load.max(1) as usize).min(t.max(1))
+        }
+    };
+    Assignments {
+        ids,
+        assign,
+        routed,
+        capacity,
     }
 }
 

@@ -42,6 +42,7 @@ pub mod data;
 pub mod dispatch;
 pub mod encoder;
 pub mod error;
+pub mod expert_choice;
 pub mod experts;
 #[cfg(feature = "train")]
 pub mod generate;
@@ -53,6 +54,7 @@ pub mod metrics;
 pub mod moe;
 pub mod router;
 pub mod routing_stats;
+pub mod shared;
 pub mod stats;
 #[cfg(feature = "train")]
 pub mod train;
@@ -62,15 +64,17 @@ pub mod train;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use dispatch::{Capacity, DispatchPlan};
+pub use dispatch::{Capacity, DispatchPlan, DropPolicy};
 pub use encoder::{EncoderBlock, SwitchEncoder, SwitchEncoderConfig, SwitchEncoderInput};
 pub use error::{Error, Result};
+pub use expert_choice::ExpertChoicePlan;
 pub use experts::{ExpertActivation, Experts};
 pub use layer::{SwitchEncoderLayer, SwitchEncoderLayerConfig};
 pub use lm::{LmBatch, LmOutput, SwitchLm, SwitchLmConfig};
 #[cfg(feature = "metrics")]
 pub use metrics::{RoutingCsvMetric, RoutingMetric, RoutingMetricKind, routing_metrics};
-pub use moe::{SwitchFeedForward, SwitchFeedForwardConfig};
-pub use router::{Router, Routing};
+pub use moe::{RoutingMode, SwitchFeedForward, SwitchFeedForwardConfig};
+pub use router::{Router, RouterScore, Routing};
 pub use routing_stats::{LayerRoutingStats, RoutingStats};
-pub use stats::{CombinedMoeStats, MoeLossWeights, MoeStats};
+pub use shared::SharedExperts;
+pub use stats::{CombinedMoeStats, MoeLossWeights, MoeStats, RoutingCounts};

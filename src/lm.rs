@@ -13,6 +13,7 @@ use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::encoder::{SwitchEncoder, SwitchEncoderConfig, SwitchEncoderInput};
 use crate::error::{Error, check};
+use crate::moe::RoutingMode;
 use crate::stats::{CombinedMoeStats, MoeLossWeights, MoeStats};
 
 /// Configuration of a [`SwitchLm`].
@@ -98,7 +99,20 @@ impl SwitchLmConfig {
                 return Err(Error::config(C, field, value, "must be finite and ≥ 0"));
             }
         }
-        self.encoder.validate()
+        self.encoder.validate()?;
+        if self.encoder.moe().routing == RoutingMode::ExpertChoice {
+            return Err(Error::config(
+                C,
+                "encoder.layer.moe.routing",
+                "ExpertChoice",
+                "expert-choice routing lets each expert pick its tokens from the whole batch, so \
+                 whether a token is processed depends on the tokens after it: a causal language \
+                 model would see the future. Use token choice (the default) and balance it with \
+                 the load-balancing loss, expert_bias_rate (aux-loss-free), drop_policy or the \
+                 capacity factor",
+            ));
+        }
+        Ok(())
     }
 
     /// Builds the model. Panics with the [`validate`](Self::validate) message on a bad config.

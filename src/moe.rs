@@ -3,17 +3,19 @@
 //! combine their outputs weighted by the router gates.
 
 use burn::config::Config;
-use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param};
+use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param, RunningState};
 use burn::nn::activation::ActivationConfig;
 use burn::nn::{DropoutConfig, Linear};
-use burn::tensor::{Bool, FloatDType, Tensor, backend::Backend};
+use burn::tensor::{Bool, DType, FloatDType, Tensor, backend::Backend};
 
-use crate::dispatch::{Capacity, DispatchPlan, expert_capacity};
+use crate::dispatch::{Capacity, DispatchPlan, DropPolicy, expert_capacity};
 use crate::error::{Error, check};
+use crate::expert_choice::ExpertChoicePlan;
 use crate::experts::{ExpertActivation, Experts};
 use crate::init::truncated_normal;
-use crate::router::Router;
-use crate::stats::MoeStats;
+use crate::router::{Router, RouterScore};
+use crate::shared::SharedExperts;
+use crate::stats::{MoeStats, RoutingCounts};
 
 /// Configuration of a [`SwitchFeedForward`] block: **every** MoE setting of the crate, declared,
 /// documented and validated here once. The layer and encoder configs hold one of these
@@ -59,9 +61,46 @@ pub struct SwitchFeedForwardConfig {
     /// Default 0.1 (paper §2.4).
     #[config(default = 0.1)]
     pub init_scale: f64,
-    /// For top-k > 1: renormalise a token's k gates to sum 1. Default true.
+    /// For top-k > 1: renormalise a token's k gates to sum 1. Default true. (Sigmoid scores are
+    /// always renormalised.)
     #[config(default = true)]
     pub normalize_gates: bool,
+    /// Router scores: `Softmax` (default, Switch) or `Sigmoid` (DeepSeek-V3; see
+    /// [`crate::router`]).
+    #[config(default = "RouterScore::Softmax")]
+    pub router_score: RouterScore,
+    /// Auxiliary-loss-free balancing rate u (Wang et al. 2024, arXiv 2408.15664): a per-expert
+    /// bias added to the scores for selection only, updated by ±u after every training forward
+    /// toward balance. Default 0 (off); 1e-3 is the paper's choice. Token choice only.
+    #[config(default = 0.0)]
+    pub expert_bias_rate: f64,
+    /// `TokenChoice` (default: each token picks its top-k experts) or `ExpertChoice` (each
+    /// expert picks its top-C tokens; balanced by construction, **not causal**: see
+    /// [`crate::expert_choice`]).
+    #[config(default = "RoutingMode::TokenChoice")]
+    pub routing: RoutingMode,
+    /// Always-on shared expert FFNs of width `d_ff`, added to the routed output (DeepSeekMoE,
+    /// Qwen2-MoE). Default 0.
+    #[config(default = 0)]
+    pub num_shared_experts: usize,
+    /// Scale the shared experts' output by σ(x·w_s), w_s a d → 1 linear map (Qwen2-MoE).
+    /// Default false. Needs `num_shared_experts` ≥ 1.
+    #[config(default = false)]
+    pub shared_gate: bool,
+    /// Which assignments an overflowing expert drops: `Position` (default, the paper's token
+    /// order) or `Probability` (batch-prioritised: lowest router probability first).
+    #[config(default = "DropPolicy::Position")]
+    pub drop_policy: DropPolicy,
+}
+
+/// Who chooses: tokens their experts, or experts their tokens.
+#[derive(Config, Debug, PartialEq, Eq)]
+pub enum RoutingMode {
+    /// Each token picks its top-k experts within capacity (Switch, GShard). The default.
+    TokenChoice,
+    /// Each expert picks its top-C tokens by router probability (Zhou et al. 2022). Perfectly
+    /// balanced; a token may get 0..E experts; sees the whole batch, so it is not causal.
+    ExpertChoice,
 }
 
 /// A Switch (mixture-of-experts) feed-forward block: router → dispatch → experts → combine.
@@ -83,6 +122,12 @@ pub struct SwitchFeedForward<B: Backend> {
     pub eval_capacity_factor: f64,
     /// Dropless routing (one host read per forward).
     pub dropless: bool,
+    /// Token choice or expert choice.
+    pub routing: RoutingMode,
+    /// Which assignments an overflowing expert drops (token choice).
+    pub drop_policy: DropPolicy,
+    /// The always-on shared experts, if any.
+    pub shared: Option<SharedExperts<B>>,
 }
 
 impl SwitchFeedForwardConfig {
@@ -124,7 +169,42 @@ impl SwitchFeedForwardConfig {
                 "only ActivationConfig::Relu and ActivationConfig::Gelu are supported",
             ));
         }
-        check::probability(C, "expert_dropout", self.expert_dropout)
+        check::probability(C, "expert_dropout", self.expert_dropout)?;
+        if !(self.expert_bias_rate.is_finite() && self.expert_bias_rate >= 0.0) {
+            return Err(Error::config(
+                C,
+                "expert_bias_rate",
+                self.expert_bias_rate,
+                "must be finite and ≥ 0 (0 turns aux-loss-free balancing off; 1e-3 is typical)",
+            ));
+        }
+        if self.routing == RoutingMode::ExpertChoice {
+            if self.expert_bias_rate > 0.0 {
+                return Err(Error::config(
+                    C,
+                    "expert_bias_rate",
+                    self.expert_bias_rate,
+                    "applies to token-choice routing; expert choice is balanced by construction",
+                ));
+            }
+            if self.dropless {
+                return Err(Error::config(
+                    C,
+                    "dropless",
+                    true,
+                    "applies to token-choice routing; expert choice takes a fixed C tokens per expert",
+                ));
+            }
+        }
+        if self.shared_gate && self.num_shared_experts == 0 {
+            return Err(Error::config(
+                C,
+                "shared_gate",
+                true,
+                "gates the shared experts: set num_shared_experts ≥ 1",
+            ));
+        }
+        Ok(())
     }
 
     /// Builds the block. Panics with the [`validate`](Self::validate) message on a bad config.
@@ -136,6 +216,20 @@ impl SwitchFeedForwardConfig {
             capacity_factor: self.capacity_factor,
             eval_capacity_factor: self.eval_capacity_factor,
             dropless: self.dropless,
+            routing: self.routing.clone(),
+            drop_policy: self.drop_policy.clone(),
+            shared: (self.num_shared_experts > 0).then(|| SharedExperts {
+                experts: self.stacked_experts(self.num_shared_experts, device),
+                gate: self.shared_gate.then(|| Linear {
+                    weight: Param::from_tensor(truncated_normal::<B, 2>(
+                        [self.d_model, 1],
+                        self.init_scale,
+                        self.d_model,
+                        device,
+                    )), // [d, 1]
+                    bias: None,
+                }),
+            }),
         }
     }
 
@@ -158,6 +252,12 @@ impl SwitchFeedForwardConfig {
             top_k: self.top_k,
             jitter: self.jitter,
             normalize_gates: self.normalize_gates,
+            score: self.router_score.clone(),
+            expert_bias: (self.expert_bias_rate > 0.0).then(|| {
+                // f32 whatever the model's float type: ±1e-3 steps vanish in f16.
+                RunningState::new(Tensor::zeros([self.num_experts], (device, DType::F32)))
+            }),
+            expert_bias_rate: self.expert_bias_rate,
         }
     }
 
@@ -166,7 +266,12 @@ impl SwitchFeedForwardConfig {
     /// Panics with the [`validate`](Self::validate) message on a bad config.
     pub fn init_experts<B: Backend>(&self, device: &B::Device) -> Experts<B> {
         self.assert_valid();
-        let (e, d, f) = (self.num_experts, self.d_model, self.d_ff);
+        self.stacked_experts(self.num_experts, device)
+    }
+
+    /// `e` expert FFNs with this config's widths, activation, biases, dropout and init.
+    fn stacked_experts<B: Backend>(&self, e: usize, device: &B::Device) -> Experts<B> {
+        let (d, f) = (self.d_model, self.d_ff);
         let w_in = truncated_normal::<B, 3>([e, d, f], self.init_scale, d, device); // [E, d, f]
         let w_out = truncated_normal::<B, 3>([e, f, d], self.init_scale, f, device); // [E, f, d]
         let bias = |n: usize| Param::from_tensor(Tensor::<B, 2>::zeros([e, n], device));
@@ -204,6 +309,14 @@ impl<B: Backend> ModuleDisplay for SwitchFeedForward<B> {
             .add("capacity_factor", &self.capacity_factor)
             .add("eval_capacity_factor", &self.eval_capacity_factor)
             .add("dropless", &self.dropless)
+            .add("routing", &format!("{:?}", self.routing))
+            .add("score", &format!("{:?}", self.router.score))
+            .add("drop_policy", &format!("{:?}", self.drop_policy))
+            .add("expert_bias_rate", &self.router.expert_bias_rate)
+            .add(
+                "shared_experts",
+                &self.shared.as_ref().map_or(0, |s| s.experts.num_experts()),
+            )
             .add("activation", &format!("{:?}", self.experts.activation))
             .optional()
     }
@@ -216,29 +329,37 @@ impl<B: Backend> SwitchFeedForward<B> {
     }
 
     /// The capacity rule of a forward call: training (autodiff backend) uses `capacity_factor`,
-    /// inference `eval_capacity_factor`.
+    /// inference `eval_capacity_factor`. Token choice: C = ⌈factor · T · k / E⌉; expert choice:
+    /// C = ⌈factor · T / E⌉ tokens per expert.
     pub fn capacity(&self, num_tokens: usize, training: bool) -> Capacity {
-        if self.dropless {
-            return Capacity::Dropless;
-        }
         let factor = if training {
             self.capacity_factor
         } else {
             self.eval_capacity_factor
         };
-        Capacity::Fixed(expert_capacity(
-            num_tokens,
-            self.router.top_k,
-            self.num_experts(),
-            factor,
-        ))
+        match self.routing {
+            RoutingMode::ExpertChoice => {
+                Capacity::Fixed(expert_capacity(num_tokens, 1, self.num_experts(), factor))
+            }
+            RoutingMode::TokenChoice if self.dropless => Capacity::Dropless,
+            RoutingMode::TokenChoice => Capacity::Fixed(expert_capacity(
+                num_tokens,
+                self.router.top_k,
+                self.num_experts(),
+                factor,
+            )),
+        }
     }
 
-    /// Routes every token to its top-k experts and returns the gate-weighted expert outputs with
-    /// the layer's losses and statistics.
+    /// Routes the tokens to the experts and returns the gate-weighted expert outputs (plus the
+    /// shared experts' output, if any) with the layer's losses and statistics.
     ///
-    /// Tokens dropped for lack of capacity, and padding tokens, get an exact zero (the enclosing
-    /// residual connection carries them). No host read happens, except one scalar in dropless mode.
+    /// Token choice: each token goes to its top-k experts within capacity (dropped assignments
+    /// contribute exact zero; the enclosing residual connection carries the token). Expert choice:
+    /// each expert takes its C most probable tokens (see [`crate::expert_choice`]; not causal).
+    /// Padding tokens get an exact zero either way. In training with aux-loss-free balancing, the
+    /// router's expert bias is updated from this call's counts. No host read happens, except one
+    /// scalar in dropless mode.
     ///
     /// # Shapes
     /// - x: `[B, S, d]`
@@ -263,25 +384,71 @@ impl<B: Backend> SwitchFeedForward<B> {
             );
         }
         let device = x.device();
+        let training = B::ad_enabled(&device);
         let model_dtype = FloatDType::from(x.dtype());
         let tokens = x.reshape([t, d]); // [T, d]
         let real = mask_pad.map(|m| m.reshape([t]).bool_not()); // [T]
+        let capacity = self.capacity(t, training);
 
-        let routing = self.router.forward(tokens.clone());
-        let capacity = self.capacity(t, B::ad_enabled(&device));
-        let plan = DispatchPlan::new(
-            routing.expert_ids.clone(),
-            real.clone(),
-            self.num_experts(),
-            capacity,
-        );
-
-        let expert_in = plan.dispatch(tokens); // [E, C, d]
-        let expert_out = self.experts.forward(expert_in); // [E, C, d]
-        let gates = routing.gates.clone().cast(model_dtype); // [T, k]
-        let y = plan.combine(expert_out, gates); // [T, d]
-
-        let stats = MoeStats::new(&routing, &plan, real, model_dtype);
+        let (mut y, stats) = match self.routing {
+            RoutingMode::TokenChoice => {
+                let routing = self.router.forward(tokens.clone());
+                let plan = match self.drop_policy {
+                    DropPolicy::Position => DispatchPlan::new(
+                        routing.expert_ids.clone(),
+                        real.clone(),
+                        self.num_experts(),
+                        capacity,
+                    ),
+                    DropPolicy::Probability => DispatchPlan::by_priority(
+                        routing.expert_ids.clone(),
+                        routing.gates.clone(),
+                        real.clone(),
+                        self.num_experts(),
+                        capacity,
+                    ),
+                };
+                let expert_out = self.experts.forward(plan.dispatch(tokens.clone())); // [E, C, d]
+                let gates = routing.gates.clone().cast(model_dtype); // [T, k]
+                let y = plan.combine(expert_out, gates); // [T, d]
+                if training {
+                    let counts = plan.assignment_counts.clone().float(); // [E]
+                    self.router.update_expert_bias(counts);
+                }
+                let stats = MoeStats::new(
+                    routing.logits,
+                    routing.probs,
+                    RoutingCounts::from(&plan),
+                    self.router.expert_bias(),
+                    real.clone(),
+                    model_dtype,
+                );
+                (y, stats)
+            }
+            RoutingMode::ExpertChoice => {
+                let (logits, _, probs) = self.router.scores(tokens.clone());
+                let Capacity::Fixed(c) = capacity else {
+                    unreachable!("expert choice has a fixed capacity")
+                };
+                let plan = ExpertChoicePlan::new(probs.clone(), real.clone(), c);
+                let expert_out = self.experts.forward(plan.dispatch(tokens.clone())); // [E, C, d]
+                let gates = plan.gates.clone().cast(model_dtype); // [E·C]
+                let y = plan.combine(expert_out, gates, t); // [T, d]
+                let stats = MoeStats::new(
+                    logits,
+                    probs,
+                    RoutingCounts::from(&plan),
+                    self.router.expert_bias(),
+                    real.clone(),
+                    model_dtype,
+                );
+                (y, stats)
+            }
+        };
+        if let Some(shared) = &self.shared {
+            let real = real.map(|r| r.float().cast(model_dtype).reshape([t, 1])); // [T, 1]
+            y = y + shared.forward(tokens, real); // [T, d]
+        }
         (y.reshape([batch, seq, d]), stats)
     }
 }

@@ -5,11 +5,32 @@
 //! The router runs in float32 whatever the model's float type: the paper's selective precision,
 //! which keeps the exponentials of the softmax stable in bf16/f16 models. Multiplicative jitter
 //! U[1−ε, 1+ε] on the router input during training explores routing (paper Table 9, §2.4).
+//!
+//! After Switch:
+//! - **Sigmoid scores** (DeepSeek-V3, arXiv 2412.19437 §2.1.2): s = σ(x·Wᵣ); top-k on s; the gates
+//!   are the chosen s normalised over the k (k > 1); the balance loss and statistics use
+//!   s / Σⱼ sⱼ, a distribution over experts like softmax's.
+//! - **Auxiliary-loss-free balancing** (Wang et al. 2024, arXiv 2408.15664): a per-expert bias b
+//!   is added to the scores for the *selection* only (the gates stay unbiased). After each
+//!   training forward, bᵢ += u·sign(mean(c) − cᵢ) with cᵢ the real tokens' assignments to expert
+//!   i, then b −= mean(b). b is module state ([`RunningState`]): saved in every record, never
+//!   trained.
 
-use burn::module::Module;
+use burn::config::Config;
+use burn::module::{Module, RunningState};
 use burn::nn::Linear;
-use burn::tensor::activation::softmax;
-use burn::tensor::{Distribution, FloatDType, Int, Tensor, backend::Backend};
+use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::{DType, Distribution, FloatDType, Int, Tensor, backend::Backend};
+
+/// How router logits become scores.
+#[derive(Config, Debug, PartialEq, Eq)]
+pub enum RouterScore {
+    /// softmax over the experts (Switch, GShard, Mixtral). The default.
+    Softmax,
+    /// An independent sigmoid per expert (DeepSeek-V3); the k chosen scores are normalised to
+    /// sum 1 when k > 1.
+    Sigmoid,
+}
 
 /// The router: a bias-free linear map d → E evaluated in f32, followed by softmax and top-k.
 /// Built by [`SwitchFeedForwardConfig::init_router`](crate::SwitchFeedForwardConfig::init_router).
@@ -21,8 +42,15 @@ pub struct Router<B: Backend> {
     pub top_k: usize,
     /// Multiplicative input jitter ε (training only).
     pub jitter: f64,
-    /// Renormalise the k gates to sum to 1 (k > 1).
+    /// Renormalise the k gates to sum to 1 (k > 1; sigmoid scores always are).
     pub normalize_gates: bool,
+    /// Softmax or sigmoid scores.
+    pub score: RouterScore,
+    /// Aux-loss-free balancing: the per-expert selection bias b `[E]`, f32, state not parameter
+    /// (None when `expert_bias_rate` is 0).
+    pub expert_bias: Option<RunningState<Tensor<B, 1>>>,
+    /// The bias update rate u (0: no bias).
+    pub expert_bias_rate: f64,
 }
 
 /// The router's decision for a flat batch of T tokens.
@@ -33,12 +61,13 @@ pub struct Router<B: Backend> {
 pub struct Routing<B: Backend> {
     /// Router logits x·Wᵣ `[T, E]`, f32.
     pub logits: Tensor<B, 2>,
-    /// Router probabilities softmax(logits) `[T, E]`, f32.
+    /// Router probabilities `[T, E]`, f32, each row summing to 1: softmax(logits), or for sigmoid
+    /// scores s / Σⱼ sⱼ. The balance loss and statistics use these.
     pub probs: Tensor<B, 2>,
     /// Chosen experts, best first `[T, k]`.
     pub expert_ids: Tensor<B, 2, Int>,
-    /// Probabilities of the chosen experts `[T, k]`, f32; renormalised to sum 1 when
-    /// `normalize_gates` and k > 1.
+    /// Unbiased scores of the chosen experts `[T, k]`, f32 (softmax probabilities, or sigmoid
+    /// scores); renormalised to sum to 1 when k > 1 and (`normalize_gates` or sigmoid scores).
     pub gates: Tensor<B, 2>,
 }
 
@@ -48,19 +77,17 @@ impl<B: Backend> Router<B> {
         self.gate.weight.shape().dims::<2>()[1]
     }
 
-    /// Routes a flat batch of tokens.
+    /// Logits, raw scores and normalised probabilities of a flat batch of tokens, all f32.
     ///
     /// Training (an autodiff backend) applies the multiplicative jitter; inference does not.
-    /// The top-k is k rounds of `argmax` with the chosen experts masked out: it needs no sort
-    /// (which reads to the host on most backends) and works for every k ≤ E.
     ///
     /// # Shapes
     /// - x: `[T, d]` in the model's float type
-    /// - output: see [`Routing`] (`[T, E]` logits/probs, `[T, k]` ids/gates)
-    pub fn forward(&self, x: Tensor<B, 2>) -> Routing<B> {
+    /// - output: (logits, scores, probs), each `[T, E]`; scores = probs for softmax
+    pub fn scores(&self, x: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
         let device = x.device();
         let [_, d] = x.dims();
-        let [d_w, num_experts] = self.gate.weight.shape().dims::<2>();
+        let [d_w, _] = self.gate.weight.shape().dims::<2>();
         assert_eq!(d, d_w, "Router: input width {d} != router d_model {d_w}");
 
         let mut x = x.cast(FloatDType::F32); // [T, d] f32
@@ -70,10 +97,46 @@ impl<B: Backend> Router<B> {
         }
         let weight = self.gate.weight.val().cast(FloatDType::F32); // [d, E] f32
         let logits = x.matmul(weight); // [T, E]
-        let probs = softmax(logits.clone(), 1); // [T, E]
+        match self.score {
+            RouterScore::Softmax => {
+                let probs = softmax(logits.clone(), 1); // [T, E]
+                (logits, probs.clone(), probs)
+            }
+            RouterScore::Sigmoid => {
+                let scores = sigmoid(logits.clone()); // [T, E]
+                let probs = scores.clone() / scores.clone().sum_dim(1); // [T, E], rows sum to 1
+                (logits, scores, probs)
+            }
+        }
+    }
 
-        let (expert_ids, gates) = top_k(probs.clone(), self.top_k, num_experts);
-        let gates = if self.normalize_gates && self.top_k > 1 {
+    /// Routes a flat batch of tokens to their top-k experts (token choice).
+    ///
+    /// The selection ranks score + expert bias (when aux-loss-free balancing is on); the gates are
+    /// the unbiased scores of the chosen experts. The top-k is k rounds of `argmax` with the
+    /// chosen experts masked out: it needs no sort (which reads to the host on most backends)
+    /// and works for every k ≤ E.
+    ///
+    /// # Shapes
+    /// - x: `[T, d]` in the model's float type
+    /// - output: see [`Routing`] (`[T, E]` logits/probs, `[T, k]` ids/gates)
+    pub fn forward(&self, x: Tensor<B, 2>) -> Routing<B> {
+        let (logits, scores, probs) = self.scores(x);
+        let [_, num_experts] = scores.dims();
+        let selection = match &self.expert_bias {
+            Some(bias) => {
+                let bias = bias
+                    .value_sync()
+                    .cast(FloatDType::F32)
+                    .reshape([1, num_experts]); // [1, E]
+                scores.clone().detach() + bias // [T, E]
+            }
+            None => scores.clone().detach(),
+        };
+        let expert_ids = top_k_ids(selection, self.top_k, num_experts); // [T, k]
+        let gates = scores.gather(1, expert_ids.clone()); // [T, k], unbiased
+        let normalize = self.normalize_gates || self.score == RouterScore::Sigmoid;
+        let gates = if normalize && self.top_k > 1 {
             let sum = gates.clone().sum_dim(1); // [T, 1]
             gates / sum
         } else {
@@ -86,33 +149,60 @@ impl<B: Backend> Router<B> {
             gates,
         }
     }
+
+    /// The aux-loss-free bias update (Wang et al. 2024, Algorithm 1): bᵢ += u·sign(mean(c) − cᵢ),
+    /// then b −= mean(b). Does nothing without a bias. The new value is stored in the module's
+    /// [`RunningState`] (shared by every clone of this router, and saved in its record).
+    ///
+    /// Burn's `RunningState` keeps one pending value per thread; readers here use `value_sync`,
+    /// which folds the pending values in (their mean, when several threads — devices — updated
+    /// since the last read), so a single-device run always selects with the newest bias.
+    ///
+    /// # Shapes
+    /// - counts: `[E]`, the real tokens' assignments per expert (all k choices, before capacity)
+    pub fn update_expert_bias(&self, counts: Tensor<B, 1>) {
+        let Some(bias) = &self.expert_bias else {
+            return;
+        };
+        let counts = counts.detach().cast(FloatDType::F32); // [E]
+        let mean = counts.clone().mean(); // [1]
+        let step = (mean - counts).sign().mul_scalar(self.expert_bias_rate); // [E]
+        let updated = bias.value_sync().detach().cast(FloatDType::F32) + step; // [E]
+        let centred = updated.clone() - updated.mean(); // [E]
+        bias.update(centred);
+    }
+
+    /// The current selection bias `[E]`, f32 (zeros when aux-loss-free balancing is off).
+    pub fn expert_bias(&self) -> Tensor<B, 1> {
+        match &self.expert_bias {
+            Some(bias) => bias.value_sync().detach().cast(FloatDType::F32),
+            None => {
+                let device = self.gate.weight.device();
+                Tensor::zeros([self.num_experts()], (&device, DType::F32))
+            }
+        }
+    }
 }
 
-/// The k largest probabilities of each row and their experts, best first; ties go to the lower
-/// expert index.
+/// The experts of the k largest values of each row, best first; ties go to the lower expert
+/// index.
 ///
 /// # Shapes
-/// - probs: `[T, E]`, values in [0, 1]
-/// - output: ids `[T, k]`, gates `[T, k]`
-fn top_k<B: Backend>(
-    probs: Tensor<B, 2>,
-    k: usize,
-    num_experts: usize,
-) -> (Tensor<B, 2, Int>, Tensor<B, 2>) {
-    let device = probs.device();
+/// - values: `[T, E]` (scores, possibly biased: any finite values)
+/// - output: `[T, k]`
+fn top_k_ids<B: Backend>(values: Tensor<B, 2>, k: usize, num_experts: usize) -> Tensor<B, 2, Int> {
+    let device = values.device();
     let experts = Tensor::<B, 1, Int>::arange(0..num_experts as i64, &device).unsqueeze::<2>(); // [1, E]
-    let mut remaining = probs.clone().detach(); // [T, E]
+    let mut remaining = values; // [T, E]
     let mut ids = Vec::with_capacity(k);
     for round in 0..k {
         let id = remaining.clone().argmax(1); // [T, 1]
         if round + 1 < k {
-            // Probabilities are ≥ 0, so −1 removes the chosen expert from later rounds.
+            // Far below any score or bias: removes the chosen expert from later rounds.
             let chosen = id.clone().equal(experts.clone()); // [T, E]
-            remaining = remaining.mask_fill(chosen, -1.0);
+            remaining = remaining.mask_fill(chosen, -1e30);
         }
         ids.push(id);
     }
-    let ids = Tensor::cat(ids, 1); // [T, k]
-    let gates = probs.gather(1, ids.clone()); // [T, k]
-    (ids, gates)
+    Tensor::cat(ids, 1) // [T, k]
 }

@@ -14,9 +14,10 @@ use crate::stats::CombinedMoeStats;
 /// One sparse layer's routing in one forward call, on the host.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LayerRoutingStats {
-    /// First-choice counts of the real tokens per expert, before capacity `[E]`; they sum to N.
+    /// Tokens per expert `[E]`: token choice counts the real tokens' first choices before
+    /// capacity (they sum to N); expert choice the tokens each expert took.
     pub tokens_per_expert: Vec<f64>,
-    /// Token fractions f_i = count_i / N `[E]`; they sum to 1 (all 0 when N = 0).
+    /// Token fractions f_i = count_i / Σ count `[E]`; they sum to 1 (all 0 without tokens).
     pub token_fractions: Vec<f64>,
     /// Mean router probability P_i of each expert over the real tokens `[E]`.
     pub router_prob_mean: Vec<f64>,
@@ -24,6 +25,10 @@ pub struct LayerRoutingStats {
     pub dropped_fraction: f64,
     /// Mean entropy of the router distribution, nats (ln E at uniform routing).
     pub router_entropy: f64,
+    /// Share of the real tokens that no expert processed.
+    pub skipped_fraction: f64,
+    /// The aux-loss-free selection bias of each expert `[E]` (zeros when off).
+    pub expert_bias: Vec<f64>,
 }
 
 impl LayerRoutingStats {
@@ -67,7 +72,10 @@ impl RoutingStats {
             .register(stats.tokens_per_expert()) // [L, E]
             .register(stats.router_prob_mean()) // [L, E]
             .register(stats.dropped_fraction()) // [L]
-            .register(stats.router_entropy()); // [L]
+            .register(stats.router_entropy()) // [L]
+            .register(stats.skipped_fraction()) // [L]
+            .register(stats.expert_bias()) // [L, E]
+            .register(stats.num_tokens()); // [L]
         for tensor in extra {
             transaction = transaction.register(tensor);
         }
@@ -77,31 +85,39 @@ impl RoutingStats {
             .map(|d| d.convert::<f64>().to_vec::<f64>().unwrap_or_default())
             .collect();
         let extra = values.split_off(values.len() - num_extra);
-        let [losses, counts, probs, dropped, entropy]: [Vec<f64>; 5] =
-            values.try_into().expect("five registered tensors");
+        let [
+            losses,
+            counts,
+            probs,
+            dropped,
+            entropy,
+            skipped,
+            bias,
+            tokens,
+        ]: [Vec<f64>; 8] = values.try_into().expect("eight registered tensors");
 
         let num_layers = stats.layers.len();
         let e = counts.len() / num_layers.max(1);
         let rows =
             |v: &[f64]| -> Vec<Vec<f64>> { v.chunks(e.max(1)).map(<[f64]>::to_vec).collect() };
+        let (probs, bias) = (rows(&probs), rows(&bias));
         let layers: Vec<LayerRoutingStats> = rows(&counts)
             .into_iter()
-            .zip(rows(&probs))
-            .zip(dropped.iter().zip(&entropy))
-            .map(|((counts, probs), (dropped, entropy))| {
+            .enumerate()
+            .map(|(l, counts)| {
                 let n: f64 = counts.iter().sum();
                 LayerRoutingStats {
                     token_fractions: counts.iter().map(|c| c / n.max(1.0)).collect(),
                     tokens_per_expert: counts,
-                    router_prob_mean: probs,
-                    dropped_fraction: *dropped,
-                    router_entropy: *entropy,
+                    router_prob_mean: probs[l].clone(),
+                    dropped_fraction: dropped[l],
+                    router_entropy: entropy[l],
+                    skipped_fraction: skipped[l],
+                    expert_bias: bias[l].clone(),
                 }
             })
             .collect();
-        let num_tokens = layers.first().map_or(0, |l| {
-            l.tokens_per_expert.iter().sum::<f64>().round() as usize
-        });
+        let num_tokens = tokens.first().map_or(0, |n| n.round() as usize);
         let routing = Self {
             aux_loss: losses.first().copied().unwrap_or(f64::NAN),
             z_loss: losses.get(1).copied().unwrap_or(f64::NAN),

@@ -14,10 +14,10 @@
 //! losses are averaged ([`MoeStats::combine`]); tokens are never pooled across layers before f
 //! and P are formed, which would let layers with opposite imbalances cancel out.
 
-use burn::tensor::{Bool, DType, FloatDType, Tensor, backend::Backend};
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor, backend::Backend};
 
 use crate::dispatch::DispatchPlan;
-use crate::router::Routing;
+use crate::expert_choice::ExpertChoicePlan;
 
 /// Losses and routing statistics of one Switch layer's forward call.
 ///
@@ -29,8 +29,16 @@ pub struct MoeStats<B: Backend> {
     pub aux_loss: Tensor<B, 1>,
     /// Router z-loss, the mean squared logsumexp of the router logits `[1]`, differentiable.
     pub z_loss: Tensor<B, 1>,
-    /// First-choice counts of real tokens per expert before capacity `[E]`, f32; they sum to N.
+    /// Tokens per expert `[E]`, f32: with token choice the real tokens' first choices before
+    /// capacity (they sum to N); with expert choice the tokens each expert took.
     pub tokens_per_expert: Tensor<B, 1>,
+    /// Real (non-padding) tokens N of the call `[1]`, f32.
+    pub num_tokens: Tensor<B, 1>,
+    /// Share of the real tokens that no expert processed (all their assignments dropped, or
+    /// taken by no expert under expert choice) `[1]`, f32.
+    pub skipped_fraction: Tensor<B, 1>,
+    /// The router's aux-loss-free selection bias after this call `[E]`, f32 (zeros when off).
+    pub expert_bias: Tensor<B, 1>,
     /// Fraction of the real tokens' k·N assignments dropped for lack of capacity `[1]`, f32.
     pub dropped_fraction: Tensor<B, 1>,
     /// Mean entropy of the router distribution over real tokens, in nats `[1]`, f32; ln E at
@@ -40,54 +48,92 @@ pub struct MoeStats<B: Backend> {
     pub router_prob_mean: Tensor<B, 1>,
 }
 
+/// What a dispatch plan counted, in the form [`MoeStats::new`] reads.
+#[derive(Debug, Clone)]
+pub struct RoutingCounts<B: Backend> {
+    /// The numerator of the balance fractions f_i `[E]` (first choices, or tokens taken).
+    pub per_expert: Tensor<B, 1, Int>,
+    /// Assignments of real tokens `[1]`.
+    pub num_routed: Tensor<B, 1, Int>,
+    /// Assignments that got a slot `[1]`.
+    pub num_kept: Tensor<B, 1, Int>,
+    /// Real tokens that no expert processed `[1]`.
+    pub num_skipped: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> From<&DispatchPlan<B>> for RoutingCounts<B> {
+    fn from(plan: &DispatchPlan<B>) -> Self {
+        Self {
+            per_expert: plan.first_choice_counts.clone(),
+            num_routed: plan.num_routed.clone(),
+            num_kept: plan.num_kept.clone(),
+            num_skipped: plan.num_skipped.clone(),
+        }
+    }
+}
+
+impl<B: Backend> From<&ExpertChoicePlan<B>> for RoutingCounts<B> {
+    fn from(plan: &ExpertChoicePlan<B>) -> Self {
+        let taken = plan.tokens_per_expert.clone().sum(); // [1]
+        Self {
+            per_expert: plan.tokens_per_expert.clone(),
+            num_routed: taken.clone(),
+            num_kept: taken,
+            num_skipped: plan.num_skipped.clone(),
+        }
+    }
+}
+
 impl<B: Backend> MoeStats<B> {
     /// Computes the statistics of one routing decision.
     ///
     /// # Shapes
-    /// - routing: logits and probs `[T, E]` (f32)
+    /// - logits, probs: `[T, E]` (f32); probs rows sum to 1
+    /// - counts: see [`RoutingCounts`]
+    /// - expert_bias: `[E]`, f32
     /// - real: `[T]`, true for non-padding tokens (`None`: all real)
     pub fn new(
-        routing: &Routing<B>,
-        plan: &DispatchPlan<B>,
+        logits: Tensor<B, 2>,
+        probs: Tensor<B, 2>,
+        counts: RoutingCounts<B>,
+        expert_bias: Tensor<B, 1>,
         real: Option<Tensor<B, 1, Bool>>,
         loss_dtype: FloatDType,
     ) -> Self {
-        let [t, e] = routing.probs.dims();
-        let device = routing.probs.device();
+        let [t, e] = probs.dims();
+        let device = probs.device();
         let weight = match real {
             Some(real) => real.float().cast(FloatDType::F32).reshape([t, 1]), // [T, 1]
             None => Tensor::<B, 2>::ones([t, 1], (&device, DType::F32)),
         };
-        let n = weight.clone().sum().clamp_min(1.0); // [1], N (≥ 1 so an all-padding batch gives 0s)
+        let num_tokens = weight.clone().sum(); // [1], N
+        let n = num_tokens.clone().clamp_min(1.0); // [1] (≥ 1 so an all-padding batch gives 0s)
 
-        let counts = plan
-            .first_choice_counts
-            .clone()
-            .float()
-            .cast(FloatDType::F32); // [E]
-        let f = counts.clone() / n.clone(); // [E]
-        let p_mean = (routing.probs.clone() * weight.clone())
-            .sum_dim(0)
-            .reshape([e])
-            / n.clone(); // [E]
+        let per_expert = counts.per_expert.float().cast(FloatDType::F32); // [E]
+        let f = per_expert.clone() / per_expert.clone().sum().clamp_min(1.0); // [E], sums to 1
+        let p_mean = (probs.clone() * weight.clone()).sum_dim(0).reshape([e]) / n.clone(); // [E]
         let aux_loss = (f * p_mean.clone()).sum().mul_scalar(e as f64); // [1]
 
-        let lse = log_sum_exp(routing.logits.clone()); // [T, 1]
+        let lse = log_sum_exp(logits); // [T, 1]
         let z_loss = (lse.powi_scalar(2) * weight.clone()).sum() / n.clone(); // [1]
 
-        let p = routing.probs.clone().detach();
+        let p = probs.detach();
         let plogp = p.clone() * p.clamp_min(1e-30).log(); // [T, E]; 0·log 0 = 0
         let entropy = plogp.sum_dim(1).neg(); // [T, 1]
-        let router_entropy = (entropy * weight).sum() / n; // [1]
+        let router_entropy = (entropy * weight).sum() / n.clone(); // [1]
 
-        let routed = plan.num_routed.clone().float().cast(FloatDType::F32); // [1]
-        let kept = plan.num_kept.clone().float().cast(FloatDType::F32); // [1]
+        let routed = counts.num_routed.float().cast(FloatDType::F32); // [1]
+        let kept = counts.num_kept.float().cast(FloatDType::F32); // [1]
         let dropped_fraction = (routed.clone() - kept) / routed.clamp_min(1.0); // [1]
+        let skipped = counts.num_skipped.float().cast(FloatDType::F32); // [1]
 
         Self {
             aux_loss: aux_loss.cast(loss_dtype),
             z_loss: z_loss.cast(loss_dtype),
-            tokens_per_expert: counts,
+            tokens_per_expert: per_expert,
+            num_tokens,
+            skipped_fraction: skipped / n,
+            expert_bias: expert_bias.detach(),
             dropped_fraction,
             router_entropy,
             router_prob_mean: p_mean.detach(),
@@ -101,6 +147,9 @@ impl<B: Backend> MoeStats<B> {
             aux_loss: self.aux_loss.detach(),
             z_loss: self.z_loss.detach(),
             tokens_per_expert: self.tokens_per_expert.detach(),
+            num_tokens: self.num_tokens.detach(),
+            skipped_fraction: self.skipped_fraction.detach(),
+            expert_bias: self.expert_bias.detach(),
             dropped_fraction: self.dropped_fraction.detach(),
             router_entropy: self.router_entropy.detach(),
             router_prob_mean: self.router_prob_mean.detach(),
@@ -209,53 +258,54 @@ impl<B: Backend> CombinedMoeStats<B> {
         weights.apply(self.aux_loss.clone(), self.z_loss.clone())
     }
 
-    /// Per-layer first-choice counts `[L, E]` (all layers must have the same E).
+    /// Per-layer tokens per expert `[L, E]` (all layers must have the same E).
     pub fn tokens_per_expert(&self) -> Tensor<B, 2> {
-        Tensor::stack(
-            self.layers
-                .iter()
-                .map(|s| s.tokens_per_expert.clone())
-                .collect(),
-            0,
-        )
+        self.stack_layers(|s| s.tokens_per_expert.clone())
     }
 
     /// Per-layer token fractions `[L, E]`; each row sums to 1 (when the batch has a real token).
     pub fn token_fractions(&self) -> Tensor<B, 2> {
-        Tensor::stack(self.layers.iter().map(|s| s.token_fractions()).collect(), 0)
+        self.stack_layers(MoeStats::token_fractions)
     }
 
     /// Per-layer dropped fractions `[L]`.
     pub fn dropped_fraction(&self) -> Tensor<B, 1> {
-        Tensor::cat(
-            self.layers
-                .iter()
-                .map(|s| s.dropped_fraction.clone())
-                .collect(),
-            0,
-        )
+        self.cat_layers(|s| s.dropped_fraction.clone())
+    }
+
+    /// Per-layer shares of real tokens that no expert processed `[L]`.
+    pub fn skipped_fraction(&self) -> Tensor<B, 1> {
+        self.cat_layers(|s| s.skipped_fraction.clone())
+    }
+
+    /// Per-layer real-token counts `[L]`.
+    pub fn num_tokens(&self) -> Tensor<B, 1> {
+        self.cat_layers(|s| s.num_tokens.clone())
     }
 
     /// Per-layer mean router probabilities `[L, E]`.
     pub fn router_prob_mean(&self) -> Tensor<B, 2> {
-        Tensor::stack(
-            self.layers
-                .iter()
-                .map(|s| s.router_prob_mean.clone())
-                .collect(),
-            0,
-        )
+        self.stack_layers(|s| s.router_prob_mean.clone())
     }
 
     /// Per-layer mean router entropies `[L]`.
     pub fn router_entropy(&self) -> Tensor<B, 1> {
-        Tensor::cat(
-            self.layers
-                .iter()
-                .map(|s| s.router_entropy.clone())
-                .collect(),
-            0,
-        )
+        self.cat_layers(|s| s.router_entropy.clone())
+    }
+
+    /// Per-layer aux-loss-free selection biases `[L, E]`.
+    pub fn expert_bias(&self) -> Tensor<B, 2> {
+        self.stack_layers(|s| s.expert_bias.clone())
+    }
+
+    /// One `[1]` value per layer, concatenated `[L]`.
+    fn cat_layers(&self, value: impl Fn(&MoeStats<B>) -> Tensor<B, 1>) -> Tensor<B, 1> {
+        Tensor::cat(self.layers.iter().map(value).collect(), 0)
+    }
+
+    /// One `[E]` vector per layer, stacked `[L, E]`.
+    fn stack_layers(&self, value: impl Fn(&MoeStats<B>) -> Tensor<B, 1>) -> Tensor<B, 2> {
+        Tensor::stack(self.layers.iter().map(value).collect(), 0)
     }
 }
 

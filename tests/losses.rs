@@ -84,6 +84,9 @@ fn combine_averages_losses_and_keeps_layers() {
         aux_loss: one(aux),
         z_loss: one(z),
         tokens_per_expert: Tensor::from_floats(counts, &device),
+        num_tokens: one(6.0),
+        skipped_fraction: one(0.0),
+        expert_bias: Tensor::from_floats([0.0, 0.0], &device),
         dropped_fraction: one(dropped),
         router_entropy: one(0.5),
         router_prob_mean: Tensor::from_floats([0.5, 0.5], &device),
@@ -110,6 +113,9 @@ fn routing_stats_read_the_per_layer_values_in_one_pass() {
             aux_loss: one(aux),
             z_loss: one(2.0 * aux),
             tokens_per_expert: Tensor::from_floats(counts, &device),
+            num_tokens: one(8.0),
+            skipped_fraction: one(dropped / 2.0),
+            expert_bias: Tensor::from_floats([aux, -aux, 0.0, 0.0], &device),
             dropped_fraction: one(dropped),
             router_entropy: one(entropy),
             router_prob_mean: Tensor::from_floats(probs, &device),
@@ -134,6 +140,8 @@ fn routing_stats_read_the_per_layer_values_in_one_pass() {
     assert_eq!(fractions, vec![0.25, 0.125, 0.625, 0.0]);
     assert!((stats.layer_mean(|l| l.dropped_fraction) - 0.375).abs() < 1e-9);
     assert!((stats.layers[1].router_prob_mean[2] - 0.7).abs() < 1e-6);
+    assert_eq!(stats.layers[1].expert_bias, vec![3.0, -3.0, 0.0, 0.0]);
+    assert_eq!(stats.layers[0].skipped_fraction, 0.125);
     // `read` is the same without extras.
     assert_eq!(RoutingStats::read(&combined), stats);
 }

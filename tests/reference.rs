@@ -1,37 +1,39 @@
 //! The batched dispatch against a naive per-token reference written here on the host:
-//! per token, softmax the router logits, pick the top-k experts, claim capacity slots in priority
-//! order (all first choices in token order, then all second choices), run the chosen experts'
-//! FFNs on plain vectors and weight them by the gates.
+//! per token, score the router logits (softmax or sigmoid), pick the top-k experts by score plus
+//! the selection bias, claim capacity slots in priority order (position: all first choices in
+//! token order, then all second choices; probability: each expert keeps its most probable
+//! assignments), or let each expert pick its top-C tokens (expert choice); run the chosen
+//! experts' FFNs on plain vectors, weight them by the unbiased gates, and add the shared experts.
 
 mod common;
 
+use burn::module::{Param, RunningState};
+use burn::tensor::Tensor;
 use common::*;
-use switch_moe::{SwitchFeedForward, SwitchFeedForwardConfig};
+use switch_moe::{
+    DropPolicy, RouterScore, RoutingMode, SwitchFeedForward, SwitchFeedForwardConfig,
+};
 
-/// Host copy of a `SwitchFeedForward`'s weights.
-struct HostMoe {
-    e: usize,
+/// Host copy of a stack of expert FFNs.
+struct HostFfn {
     d: usize,
     f: usize,
-    router: Vec<f32>, // [d, E]
-    w_in: Vec<f32>,   // [E, d, f]
-    w_out: Vec<f32>,  // [E, f, d]
+    w_in: Vec<f32>,  // [E, d, f]
+    w_out: Vec<f32>, // [E, f, d]
     b_in: Option<Vec<f32>>,
     b_out: Option<Vec<f32>>,
 }
 
-impl HostMoe {
-    fn read(m: &SwitchFeedForward<B>) -> Self {
-        let [e, d, f] = m.experts.w_in.shape().dims::<3>();
+impl HostFfn {
+    fn read(x: &switch_moe::Experts<B>) -> Self {
+        let [_, d, f] = x.w_in.shape().dims::<3>();
         Self {
-            e,
             d,
             f,
-            router: host(m.router.gate.weight.val()),
-            w_in: host(m.experts.w_in.val()),
-            w_out: host(m.experts.w_out.val()),
-            b_in: m.experts.b_in.as_ref().map(|b| host(b.val())),
-            b_out: m.experts.b_out.as_ref().map(|b| host(b.val())),
+            w_in: host(x.w_in.val()),
+            w_out: host(x.w_out.val()),
+            b_in: x.b_in.as_ref().map(|b| host(b.val())),
+            b_out: x.b_out.as_ref().map(|b| host(b.val())),
         }
     }
 
@@ -55,131 +57,294 @@ impl HostMoe {
             })
             .collect()
     }
+}
 
-    /// Returns the outputs `[T·d]` and the number of dropped (token, choice) assignments.
-    fn forward(
-        &self,
-        x: &[f32],
-        real: &[bool],
-        k: usize,
-        capacity: usize,
-        normalize: bool,
-    ) -> (Vec<f32>, usize) {
-        let (d, e) = (self.d, self.e);
-        let t = real.len();
-        // Route every token.
-        let mut choices = vec![]; // per token: Vec<(expert, gate)>
-        for tok in 0..t {
-            let xt = &x[tok * d..(tok + 1) * d];
-            let logits: Vec<f64> = (0..e)
-                .map(|j| {
-                    (0..d)
-                        .map(|i| xt[i] as f64 * self.router[i * e + j] as f64)
-                        .sum()
-                })
-                .collect();
-            let m = logits.iter().cloned().fold(f64::MIN, f64::max);
-            let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
-            let probs: Vec<f64> = logits.iter().map(|l| (l - m).exp() / z).collect();
-            let mut order: Vec<usize> = (0..e).collect();
-            order.sort_by(|a, b| probs[*b].partial_cmp(&probs[*a]).unwrap().then(a.cmp(b)));
-            let mut top: Vec<(usize, f64)> = order[..k].iter().map(|&j| (j, probs[j])).collect();
-            if normalize && k > 1 {
-                let s: f64 = top.iter().map(|c| c.1).sum();
-                top.iter_mut().for_each(|c| c.1 /= s);
-            }
-            choices.push(top);
+/// How the reference routes.
+#[derive(Clone)]
+struct Opts {
+    k: usize,
+    /// Slots per expert (token choice) or tokens per expert (expert choice).
+    capacity: usize,
+    normalize: bool,
+    sigmoid: bool,
+    /// Selection bias per expert.
+    bias: Option<Vec<f64>>,
+    probability_policy: bool,
+    expert_choice: bool,
+}
+
+impl Opts {
+    fn top(k: usize, capacity: usize) -> Self {
+        Self {
+            k,
+            capacity,
+            normalize: true,
+            sigmoid: false,
+            bias: None,
+            probability_policy: false,
+            expert_choice: false,
         }
-        // Claim slots: choice rank first, then token order.
-        let mut load = vec![0usize; e];
-        let mut kept = vec![vec![false; k]; t];
-        let mut dropped = 0;
-        for j in 0..k {
-            for tok in 0..t {
-                if !real[tok] {
-                    continue;
-                }
-                let ex = choices[tok][j].0;
-                if load[ex] < capacity {
-                    load[ex] += 1;
-                    kept[tok][j] = true;
-                } else {
-                    dropped += 1;
-                }
-            }
-        }
-        let mut y = vec![0f32; t * d];
-        for tok in 0..t {
-            let mut acc = vec![0f64; d];
-            for j in 0..k {
-                if kept[tok][j] {
-                    let (ex, gate) = choices[tok][j];
-                    let out = self.ffn(ex, &x[tok * d..(tok + 1) * d]);
-                    acc.iter_mut().zip(out).for_each(|(a, o)| *a += gate * o);
-                }
-            }
-            y[tok * d..(tok + 1) * d]
-                .iter_mut()
-                .zip(acc)
-                .for_each(|(yy, a)| *yy = a as f32);
-        }
-        (y, dropped)
     }
 }
 
+/// Host copy of a `SwitchFeedForward`'s weights.
+struct HostMoe {
+    e: usize,
+    d: usize,
+    router: Vec<f32>, // [d, E]
+    experts: HostFfn,
+    shared: Option<(HostFfn, usize, Option<Vec<f32>>)>, // FFNs, n, gate [d]
+}
+
+impl HostMoe {
+    fn read(m: &SwitchFeedForward<B>) -> Self {
+        let [e, d, _] = m.experts.w_in.shape().dims::<3>();
+        Self {
+            e,
+            d,
+            router: host(m.router.gate.weight.val()),
+            experts: HostFfn::read(&m.experts),
+            shared: m.shared.as_ref().map(|s| {
+                (
+                    HostFfn::read(&s.experts),
+                    s.experts.num_experts(),
+                    s.gate.as_ref().map(|g| host(g.weight.val())),
+                )
+            }),
+        }
+    }
+
+    /// Per token: (scores used for the gates, probabilities for expert choice), both `[E]`.
+    fn scores(&self, xt: &[f32], sigmoid: bool) -> (Vec<f64>, Vec<f64>) {
+        let (d, e) = (self.d, self.e);
+        let logits: Vec<f64> = (0..e)
+            .map(|j| {
+                (0..d)
+                    .map(|i| xt[i] as f64 * self.router[i * e + j] as f64)
+                    .sum()
+            })
+            .collect();
+        if sigmoid {
+            let s: Vec<f64> = logits.iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect();
+            let sum: f64 = s.iter().sum();
+            let p = s.iter().map(|v| v / sum).collect();
+            (s, p)
+        } else {
+            let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+            let p: Vec<f64> = logits.iter().map(|l| (l - m).exp() / z).collect();
+            (p.clone(), p)
+        }
+    }
+
+    /// Returns the outputs `[T·d]` and the number of dropped (token, choice) assignments.
+    #[allow(clippy::needless_range_loop)] // index loops read closest to the papers' sums
+    fn forward(&self, x: &[f32], real: &[bool], o: &Opts) -> (Vec<f32>, usize) {
+        let (d, e) = (self.d, self.e);
+        let t = real.len();
+        let mut acc = vec![vec![0f64; d]; t];
+        let mut dropped = 0;
+        if o.expert_choice {
+            let probs: Vec<Vec<f64>> = (0..t)
+                .map(|tok| self.scores(&x[tok * d..(tok + 1) * d], o.sigmoid).1)
+                .collect();
+            for ex in 0..e {
+                let mut order: Vec<usize> = (0..t).filter(|tok| real[*tok]).collect();
+                order.sort_by(|a, b| probs[*b][ex].partial_cmp(&probs[*a][ex]).unwrap());
+                for &tok in order.iter().take(o.capacity) {
+                    let out = self.experts.ffn(ex, &x[tok * d..(tok + 1) * d]);
+                    let gate = probs[tok][ex];
+                    acc[tok]
+                        .iter_mut()
+                        .zip(out)
+                        .for_each(|(a, v)| *a += gate * v);
+                }
+            }
+        } else {
+            // Route every token: select by score + bias, gate by the unbiased score.
+            let mut choices = vec![]; // per token: Vec<(expert, gate)>
+            for tok in 0..t {
+                let (s, _) = self.scores(&x[tok * d..(tok + 1) * d], o.sigmoid);
+                let sel: Vec<f64> = (0..e)
+                    .map(|j| s[j] + o.bias.as_ref().map_or(0.0, |b| b[j]))
+                    .collect();
+                let mut order: Vec<usize> = (0..e).collect();
+                order.sort_by(|a, b| sel[*b].partial_cmp(&sel[*a]).unwrap().then(a.cmp(b)));
+                let mut top: Vec<(usize, f64)> = order[..o.k].iter().map(|&j| (j, s[j])).collect();
+                if (o.normalize || o.sigmoid) && o.k > 1 {
+                    let sum: f64 = top.iter().map(|c| c.1).sum();
+                    top.iter_mut().for_each(|c| c.1 /= sum);
+                }
+                choices.push(top);
+            }
+            // Claim slots.
+            let mut kept = vec![vec![false; o.k]; t];
+            if o.probability_policy {
+                for ex in 0..e {
+                    let mut mine: Vec<(usize, usize)> = (0..o.k)
+                        .flat_map(|j| (0..t).map(move |tok| (tok, j)))
+                        .filter(|(tok, j)| real[*tok] && choices[*tok][*j].0 == ex)
+                        .collect();
+                    mine.sort_by(|a, b| {
+                        choices[b.0][b.1]
+                            .1
+                            .partial_cmp(&choices[a.0][a.1].1)
+                            .unwrap()
+                    });
+                    for (rank, (tok, j)) in mine.into_iter().enumerate() {
+                        if rank < o.capacity {
+                            kept[tok][j] = true;
+                        } else {
+                            dropped += 1;
+                        }
+                    }
+                }
+            } else {
+                let mut load = vec![0usize; e];
+                for j in 0..o.k {
+                    for tok in 0..t {
+                        if !real[tok] {
+                            continue;
+                        }
+                        let ex = choices[tok][j].0;
+                        if load[ex] < o.capacity {
+                            load[ex] += 1;
+                            kept[tok][j] = true;
+                        } else {
+                            dropped += 1;
+                        }
+                    }
+                }
+            }
+            for tok in 0..t {
+                for j in 0..o.k {
+                    if kept[tok][j] {
+                        let (ex, gate) = choices[tok][j];
+                        let out = self.experts.ffn(ex, &x[tok * d..(tok + 1) * d]);
+                        acc[tok]
+                            .iter_mut()
+                            .zip(out)
+                            .for_each(|(a, v)| *a += gate * v);
+                    }
+                }
+            }
+        }
+        if let Some((ffn, n, gate)) = &self.shared {
+            for tok in (0..t).filter(|tok| real[*tok]) {
+                let xt = &x[tok * d..(tok + 1) * d];
+                let scale = gate.as_ref().map_or(1.0, |w| {
+                    let z: f64 = (0..d).map(|i| xt[i] as f64 * w[i] as f64).sum();
+                    1.0 / (1.0 + (-z).exp())
+                });
+                for s in 0..*n {
+                    let out = ffn.ffn(s, xt);
+                    acc[tok]
+                        .iter_mut()
+                        .zip(out)
+                        .for_each(|(a, v)| *a += scale * v);
+                }
+            }
+        }
+        (
+            acc.into_iter().flatten().map(|v| v as f32).collect(),
+            dropped,
+        )
+    }
+}
+
+/// A block whose biases are non-zero so that they are exercised.
+fn randomize_biases(moe: &mut SwitchFeedForward<B>, rng: &mut Rng) {
+    let device = device();
+    let fill = |n: usize, shape: [usize; 2], rng: &mut Rng| {
+        Some(Param::from_tensor(tensor(
+            rng.normals(n, 0.1),
+            shape,
+            &device,
+        )))
+    };
+    let [e, d, f] = moe.experts.w_in.shape().dims::<3>();
+    moe.experts.b_in = fill(e * f, [e, f], rng);
+    moe.experts.b_out = fill(e * d, [e, d], rng);
+}
+
 fn case(e: usize, k: usize, capacity_factor: f64, bias: bool, pad: bool, seed: u64) {
+    option_case(e, k, capacity_factor, bias, pad, seed, |c| c, |_| {}, |o| o);
+}
+
+/// One comparison of the batched block against the reference: `configure` sets the options on
+/// the config, `prepare` edits the built block (e.g. sets a bias), `opts` the reference's options.
+#[allow(clippy::too_many_arguments)]
+fn option_case(
+    e: usize,
+    k: usize,
+    capacity_factor: f64,
+    bias: bool,
+    pad: bool,
+    seed: u64,
+    configure: impl Fn(SwitchFeedForwardConfig) -> SwitchFeedForwardConfig,
+    prepare: impl Fn(&mut SwitchFeedForward<B>),
+    opts: impl Fn(Opts) -> Opts,
+) -> (usize, switch_moe::MoeStats<B>) {
     let device = device();
     let (batch, seq, d, f) = (3, 7, 8, 16);
     let t = batch * seq;
     <B as burn::tensor::backend::Backend>::seed(&device, seed);
-    let mut moe = SwitchFeedForwardConfig::new(d, f, e)
-        .with_top_k(k)
-        .with_capacity_factor(capacity_factor)
-        .with_eval_capacity_factor(capacity_factor)
-        .with_bias(bias)
-        .with_init_scale(1.0)
-        .init::<B>(&device);
+    let config = configure(
+        SwitchFeedForwardConfig::new(d, f, e)
+            .with_top_k(k)
+            .with_capacity_factor(capacity_factor)
+            .with_eval_capacity_factor(capacity_factor)
+            .with_bias(bias)
+            .with_init_scale(1.0),
+    );
+    let mut moe = config.init::<B>(&device);
     let mut rng = Rng::new(seed);
     if bias {
-        // Non-zero biases so that they are exercised.
-        moe.experts.b_in = Some(burn::module::Param::from_tensor(tensor(
-            rng.normals(e * f, 0.1),
-            [e, f],
-            &device,
-        )));
-        moe.experts.b_out = Some(burn::module::Param::from_tensor(tensor(
-            rng.normals(e * d, 0.1),
-            [e, d],
-            &device,
-        )));
+        randomize_biases(&mut moe, &mut rng);
     }
+    prepare(&mut moe);
     let x = rng.normals(t * d, 1.0);
     let real: Vec<bool> = (0..t).map(|i| !pad || i % 5 != 3).collect();
     let mask = bool_tensor::<B, 2>(real.iter().map(|r| !r).collect(), [batch, seq], &device);
 
     let (y, stats) = moe.forward(tensor(x.clone(), [batch, seq, d], &device), Some(mask));
 
-    // Capacity by the paper's formula, computed here: ceil(cf * T * k / E), within [1, T].
-    let capacity = ((capacity_factor * (t * k) as f64 / e as f64).ceil() as usize).clamp(1, t);
+    // Capacity by the papers' formulas, computed here: ceil(cf · T · k / E) for token choice,
+    // ceil(cf · T / E) for expert choice, within [1, T].
+    let expert_choice = config.routing == RoutingMode::ExpertChoice;
+    let per_expert = if expert_choice { t } else { t * k };
+    let capacity = ((capacity_factor * per_expert as f64 / e as f64).ceil() as usize).clamp(1, t);
     let reference = HostMoe::read(&moe);
-    let (expected, dropped) = reference.forward(&x, &real, k, capacity, true);
+    let o = opts(Opts::top(k, capacity));
+    let (expected, dropped) = reference.forward(&x, &real, &o);
     let got = host(y);
     let diff = max_abs_diff(&got, &expected);
     assert!(
         diff <= 1e-5,
         "E={e} k={k} cf={capacity_factor}: max abs diff {diff}"
     );
-
-    let n_real = real.iter().filter(|r| **r).count();
-    let dropped_fraction = host(stats.dropped_fraction)[0];
-    let want = dropped as f32 / (k * n_real) as f32;
-    assert!(
-        (dropped_fraction - want).abs() < 1e-6,
-        "dropped fraction {dropped_fraction} != {want}"
-    );
-    if capacity_factor < 1.0 {
-        assert!(dropped > 0, "case meant to drop tokens dropped none");
+    for (tok, r) in real.iter().enumerate() {
+        if !r {
+            assert!(
+                got[tok * d..(tok + 1) * d].iter().all(|v| *v == 0.0),
+                "padding row {tok}"
+            );
+        }
     }
+
+    if !expert_choice {
+        let n_real = real.iter().filter(|r| **r).count();
+        let dropped_fraction = host(stats.dropped_fraction.clone())[0];
+        let want = dropped as f32 / (k * n_real) as f32;
+        assert!(
+            (dropped_fraction - want).abs() < 1e-6,
+            "dropped fraction {dropped_fraction} != {want}"
+        );
+        if capacity_factor < 1.0 {
+            assert!(dropped > 0, "case meant to drop tokens dropped none");
+        }
+    }
+    (capacity, stats)
 }
 
 #[test]
@@ -239,7 +404,7 @@ fn dropless_drops_nothing_and_matches_reference() {
     let x: Vec<f32> = (0..t * d).map(|_| 0.5 + rng.uniform() as f32).collect();
     let (y, stats) = moe.forward(tensor(x.clone(), [batch, seq, d], &device), None);
     let reference = HostMoe::read(&moe);
-    let (expected, dropped) = reference.forward(&x, &vec![true; t], 1, t, true);
+    let (expected, dropped) = reference.forward(&x, &vec![true; t], &Opts::top(1, t));
     assert_eq!(dropped, 0);
     assert!(max_abs_diff(&host(y), &expected) <= 1e-5);
     assert_eq!(host(stats.dropped_fraction), vec![0.0]);
@@ -258,4 +423,143 @@ fn forward_is_deterministic() {
     let (a, _) = moe.forward(x.clone(), None);
     let (b, _) = moe.forward(x, None);
     assert_eq!(host(a), host(b));
+}
+
+#[test]
+fn sigmoid_scores_match_reference() {
+    let sigmoid = |c: SwitchFeedForwardConfig| c.with_router_score(RouterScore::Sigmoid);
+    let opts = |o: Opts| Opts { sigmoid: true, ..o };
+    for (e, k, cf, seed) in [
+        (4, 1, 4.0, 20),
+        (4, 1, 0.6, 21),
+        (8, 2, 8.0, 22),
+        (4, 2, 0.6, 23),
+    ] {
+        option_case(e, k, cf, true, true, seed, sigmoid, |_| {}, opts);
+    }
+}
+
+/// Installs a fixed selection bias in the router (as if trained) and returns it.
+fn with_bias(bias: Vec<f32>) -> impl Fn(&mut SwitchFeedForward<B>) {
+    move |moe: &mut SwitchFeedForward<B>| {
+        let n = bias.len();
+        let state =
+            Tensor::<B, 1>::from_data(burn::tensor::TensorData::new(bias.clone(), [n]), &device());
+        moe.router.expert_bias = Some(RunningState::new(state));
+    }
+}
+
+#[test]
+fn biased_selection_with_unbiased_gates_matches_reference() {
+    // Large enough to change many selections; the reference gates with the unbiased scores, so
+    // a bias leaking into the gates makes the outputs differ.
+    let bias = vec![0.3f32, -0.2, 0.1, -0.2];
+    let configure = |c: SwitchFeedForwardConfig| c.with_expert_bias_rate(1e-3);
+    let host_bias: Vec<f64> = bias.iter().map(|b| *b as f64).collect();
+    for (k, cf, score, seed) in [
+        (1, 4.0, RouterScore::Softmax, 30),
+        (2, 0.7, RouterScore::Softmax, 31),
+        (1, 0.7, RouterScore::Sigmoid, 32),
+        (2, 4.0, RouterScore::Sigmoid, 33),
+    ] {
+        let sigmoid = score == RouterScore::Sigmoid;
+        option_case(
+            4,
+            k,
+            cf,
+            false,
+            true,
+            seed,
+            |c| configure(c).with_router_score(score.clone()),
+            with_bias(bias.clone()),
+            |o| Opts {
+                bias: Some(host_bias.clone()),
+                sigmoid,
+                ..o
+            },
+        );
+    }
+}
+
+#[test]
+fn probability_drop_policy_keeps_the_most_probable_assignments() {
+    let configure = |c: SwitchFeedForwardConfig| c.with_drop_policy(DropPolicy::Probability);
+    let opts = |o: Opts| Opts {
+        probability_policy: true,
+        ..o
+    };
+    for (e, k, cf, bias, seed) in [
+        (4, 1, 0.5, false, 40),
+        (8, 1, 1.0, true, 41),
+        (4, 2, 0.6, true, 42),
+        (3, 2, 0.8, false, 43),
+        (4, 1, 4.0, false, 44), // no drops: the same as the position policy
+    ] {
+        option_case(e, k, cf, bias, true, seed, configure, |_| {}, opts);
+    }
+}
+
+#[test]
+fn expert_choice_matches_reference_and_fills_every_expert() {
+    let configure = |c: SwitchFeedForwardConfig| c.with_routing(RoutingMode::ExpertChoice);
+    let opts = |o: Opts| Opts {
+        expert_choice: true,
+        ..o
+    };
+    for (e, cf, pad, seed) in [(4, 1.0, false, 50), (8, 2.0, true, 51), (3, 0.5, true, 52)] {
+        let (c, stats) = option_case(e, 1, cf, true, pad, seed, configure, |_| {}, opts);
+        // T·cf/E ≤ T real tokens: every expert takes exactly C tokens.
+        assert_eq!(host(stats.tokens_per_expert.clone()), vec![c as f32; e]);
+        assert_eq!(host(stats.dropped_fraction), vec![0.0]);
+    }
+    // C = T: every expert takes every real token, so none is skipped.
+    let (_, stats) = option_case(4, 1, 4.0, false, true, 53, configure, |_| {}, opts);
+    assert_eq!(host(stats.skipped_fraction), vec![0.0]);
+    // Sigmoid scores work with expert choice too.
+    option_case(
+        4,
+        1,
+        1.0,
+        false,
+        false,
+        54,
+        |c| configure(c).with_router_score(RouterScore::Sigmoid),
+        |_| {},
+        |o| Opts {
+            sigmoid: true,
+            ..opts(o)
+        },
+    );
+}
+
+#[test]
+fn shared_experts_with_and_without_gate_match_reference() {
+    for (n, gate, k, cf, seed) in [
+        (1, false, 1, 4.0, 60),
+        (2, true, 2, 0.6, 61),
+        (1, true, 1, 0.5, 62),
+    ] {
+        option_case(
+            4,
+            k,
+            cf,
+            true,
+            true,
+            seed,
+            |c| c.with_num_shared_experts(n).with_shared_gate(gate),
+            |_| {},
+            |o| o,
+        );
+    }
+}
+
+#[test]
+fn skipped_fraction_counts_tokens_with_every_assignment_dropped() {
+    // cf 0.25 with top-1 over E = 2: C = ⌈0.25·21/2⌉ = 3 slots per expert, so at most 6 of the 21
+    // tokens are processed and at least 15 skip the experts entirely.
+    let (_, stats) = option_case(2, 1, 0.25, false, false, 70, |c| c, |_| {}, |o| o);
+    let dropped = host(stats.dropped_fraction)[0];
+    let skipped = host(stats.skipped_fraction)[0];
+    assert!(skipped >= 15.0 / 21.0 - 1e-6, "skipped {skipped}");
+    assert!((skipped - dropped).abs() < 1e-6, "top-1: skipped = dropped");
 }
