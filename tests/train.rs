@@ -100,7 +100,7 @@ fn learner_trains_checkpoints_logs_routing_and_resumes() {
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(
         rows[0],
-        "epoch,split,layer,expert,token_fraction,router_prob_mean"
+        "epoch,split,layer,expert,token_fraction,router_prob_mean,expert_bias"
     );
     // 2 epochs x 2 splits x 1 sparse layer x 4 experts.
     assert_eq!(rows.len(), 1 + 2 * 2 * EXPERTS, "{csv}");
@@ -243,4 +243,79 @@ fn early_stopping_keeps_the_best_epoch() {
         saved != last_ckpt,
         "model.mpk holds the last epoch's weights"
     );
+}
+
+/// The aux-loss-free expert bias of the sparse layer in a saved model record.
+fn saved_bias(run: &Path, config: &TrainingConfig, file: &str) -> Vec<f32> {
+    use burn::module::Module;
+    use burn::record::{DefaultRecorder, Recorder};
+    let mut model_config = config.model.clone();
+    model_config.vocab_size = TrainingConfig::load(run.join("config.json"))
+        .unwrap()
+        .model
+        .vocab_size;
+    let fresh: switch_moe::SwitchLm<B> = model_config.init(&device());
+    let record = Recorder::<B>::load(&DefaultRecorder::new(), run.join(file), &device()).unwrap();
+    let model = fresh.load_record(record);
+    let sparse = model
+        .encoder
+        .layers
+        .iter()
+        .find_map(|l| match l {
+            switch_moe::EncoderBlock::Sparse(s) => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    host(sparse.moe.router.expert_bias())
+}
+
+#[test]
+fn expert_bias_is_checkpointed_and_resumed() {
+    let dir = scratch("bias");
+    let data = corpus_slice(&dir, 20_000);
+    let opts = options(&dir, &data);
+    let u = 0.05;
+    let mut config = tiny_config(16).with_max_steps(Some(20));
+    config.model.encoder = config.model.encoder.map_moe(|m| m.with_expert_bias_rate(u));
+    config.model.aux_coef = 0.0; // balance by the bias alone
+    train::<AB>(config.clone(), &opts, device()).expect("training runs");
+    let run = &opts.artifact_dir;
+    let b2 = saved_bias(run, &config, "checkpoint/model-2");
+    let max = b2.iter().fold(0f32, |m, b| m.max(b.abs()));
+    assert!(
+        max > 4.0 * u as f32,
+        "the bias moved during training: {b2:?}"
+    );
+    assert!(b2.iter().sum::<f32>().abs() < 1e-5, "re-centred: {b2:?}");
+    let csv = std::fs::read_to_string(run.join("routing.csv")).unwrap();
+    let last_train: Vec<f32> = csv
+        .lines()
+        .filter(|r| r.starts_with("2,train,"))
+        .map(|r| r.rsplit(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(last_train.len(), EXPERTS);
+    assert!(
+        last_train
+            .iter()
+            .zip(&b2)
+            .all(|(c, b)| (c - b).abs() < 1e-5),
+        "routing.csv's bias column {last_train:?} vs the checkpoint {b2:?}"
+    );
+
+    // Resume for one more epoch of a single step: the bias moves by at most 2u per entry from
+    // the saved one (a resume from zero could not reach it).
+    let resumed = TrainOptions {
+        resume: true,
+        ..opts.clone()
+    };
+    let config3 = TrainingConfig::load(run.join("config.json"))
+        .unwrap()
+        .with_num_epochs(3)
+        .with_max_steps(Some(3));
+    train::<AB>(config3, &resumed, device()).expect("resume runs");
+    let b3 = saved_bias(run, &config, "checkpoint/model-3");
+    for (a, b) in b3.iter().zip(&b2) {
+        assert!((a - b).abs() <= 2.0 * u as f32 + 1e-6, "{b3:?} vs {b2:?}");
+    }
+    assert_ne!(b3, b2, "the resumed run kept updating the bias");
 }

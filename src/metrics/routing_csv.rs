@@ -1,5 +1,6 @@
 //! Per-epoch routing detail for plots: one CSV row per (epoch, split, layer, expert) with the
-//! token fraction and the mean router probability, token-weighted over the epoch's batches.
+//! token fraction and the mean router probability, token-weighted over the epoch's batches, and
+//! the expert's aux-loss-free selection bias at the epoch's end (0 when that balancing is off).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use crate::routing_stats::RoutingStats;
 
 /// File name of the routing CSV inside the artifact directory.
 pub const ROUTING_CSV: &str = "routing.csv";
-const HEADER: &str = "epoch,split,layer,expert,token_fraction,router_prob_mean";
+const HEADER: &str = "epoch,split,layer,expert,token_fraction,router_prob_mean,expert_bias";
 
 /// A text metric that accumulates routing statistics over an epoch and appends them to
 /// `routing.csv` when the Learner ends the epoch. Its input is [`RoutingStats`], so any model
@@ -26,6 +27,7 @@ pub struct RoutingCsvMetric {
     epoch: usize,
     fraction_sums: Vec<Vec<f64>>,
     prob_sums: Vec<Vec<f64>>,
+    last_bias: Vec<Vec<f64>>,
     weight: f64,
 }
 
@@ -41,6 +43,7 @@ impl RoutingCsvMetric {
             epoch: 0,
             fraction_sums: Vec::new(),
             prob_sums: Vec::new(),
+            last_bias: Vec::new(),
             weight: 0.0,
         }
     }
@@ -57,9 +60,15 @@ impl RoutingCsvMetric {
         for (l, (fractions, probs)) in self.fraction_sums.iter().zip(&self.prob_sums).enumerate() {
             let layer = self.layer_ids.get(l).copied().unwrap_or(l);
             for (e, (f, p)) in fractions.iter().zip(probs).enumerate() {
+                let bias = self
+                    .last_bias
+                    .get(l)
+                    .and_then(|b| b.get(e))
+                    .copied()
+                    .unwrap_or(0.0);
                 writeln!(
                     file,
-                    "{},{},{layer},{e},{:.6},{:.6}",
+                    "{},{},{layer},{e},{:.6},{:.6},{bias:.6}",
                     self.epoch,
                     self.split,
                     f / self.weight,
@@ -103,6 +112,7 @@ impl Metric for RoutingCsvMetric {
         accumulate(&mut self.fraction_sums, &fractions, w);
         accumulate(&mut self.prob_sums, &probs, w);
         self.weight += w;
+        self.last_bias = item.layers.iter().map(|l| l.expert_bias.clone()).collect();
         let text = format!("{} tokens routed this epoch", self.weight as u64);
         SerializedEntry::new(text.clone(), text)
     }
@@ -113,6 +123,7 @@ impl Metric for RoutingCsvMetric {
         }
         self.fraction_sums.clear();
         self.prob_sums.clear();
+        self.last_bias.clear();
         self.weight = 0.0;
     }
 }
