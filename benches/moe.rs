@@ -8,6 +8,7 @@
 //! cargo bench --bench moe -- --peer "$(benches/peers/setup.sh | tail -n 1)"   # + PyTorch peer
 //! cargo bench --bench moe -- --train      # end-to-end training tokens/s of the default LM
 //! cargo bench --bench moe -- --profile 32 # only the MoE's forward+backward, for perf
+//! cargo bench --bench moe -- --options    # each routing option's f+b cost against the default
 //! ```
 //!
 //! The program calls `backend::keep_freed_memory()` first, as the training programs do;
@@ -28,8 +29,8 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, IndexingUpdateOp, Int, Tensor, TensorData};
 use switch_moe::{
-    LmBatch, SwitchEncoderConfig, SwitchFeedForward, SwitchFeedForwardConfig, SwitchLm,
-    SwitchLmConfig,
+    DropPolicy, LmBatch, RouterScore, RoutingMode, SwitchEncoderConfig, SwitchFeedForward,
+    SwitchFeedForwardConfig, SwitchLm, SwitchLmConfig,
 };
 
 type Ad = switch_moe::backend::SelectedAutodiff;
@@ -266,6 +267,63 @@ fn run_case(case: &Case, warmup: usize, reps: usize, peer: Option<(&str, usize)>
     println!("{row}");
 }
 
+/// Forward + backward of one layer built from `config` on `x`, median ms.
+fn moe_fb(config: &SwitchFeedForwardConfig, x: &Tensor<Ad, 3>, reps: usize) -> f64 {
+    let device = switch_moe::backend::default_device();
+    let moe: SwitchFeedForward<Ad> = config.init(&device);
+    time(1, reps, || {
+        let (y, stats) = moe.forward(x.clone().require_grad(), None);
+        let loss = y.sum() + stats.aux_loss.mul_scalar(0.01);
+        let _g = loss.backward();
+        Ad::sync(&device).unwrap();
+    })
+}
+
+/// Each routing option's forward + backward against the default layer (top-1 softmax token
+/// choice, position drops), T = 2048, d 256 / d_ff 1024, cf 1.25, E = 8 and 64, in one run.
+fn options_table(reps: usize) {
+    let device = switch_moe::backend::default_device();
+    let (t, d, f) = (2048, 256, 1024);
+    let x = Tensor::<Ad, 3>::random([1, t, d], Distribution::Normal(0.0, 1.0), &device);
+    type Variant = (
+        &'static str,
+        fn(SwitchFeedForwardConfig) -> SwitchFeedForwardConfig,
+    );
+    let options: [Variant; 7] = [
+        ("default (softmax, token choice)", |c| c),
+        ("sigmoid scores", |c| {
+            c.with_router_score(RouterScore::Sigmoid)
+        }),
+        ("expert bias u = 1e-3", |c| c.with_expert_bias_rate(1e-3)),
+        ("expert choice", |c| {
+            c.with_routing(RoutingMode::ExpertChoice)
+        }),
+        ("1 shared expert", |c| c.with_num_shared_experts(1)),
+        ("1 shared expert, gated", |c| {
+            c.with_num_shared_experts(1).with_shared_gate(true)
+        }),
+        ("probability drop policy", |c| {
+            c.with_drop_policy(DropPolicy::Probability)
+        }),
+    ];
+    println!("| option | E = 8 f+b | ÷ default | E = 64 f+b | ÷ default |\n|---|---|---|---|---|");
+    let base = |e: usize| SwitchFeedForwardConfig::new(d, f, e).with_expert_dropout(0.0);
+    let default = [moe_fb(&base(8), &x, reps), moe_fb(&base(64), &x, reps)];
+    for (name, option) in options {
+        let ms = [
+            moe_fb(&option(base(8)), &x, reps),
+            moe_fb(&option(base(64)), &x, reps),
+        ];
+        println!(
+            "| {name} | {:.1} | {:.2} | {:.1} | {:.2} |",
+            ms[0],
+            ms[0] / default[0],
+            ms[1],
+            ms[1] / default[1]
+        );
+    }
+}
+
 /// Only the batched MoE's forward + backward (T = 2048, d 256, d_ff 1024, top-1), `iters` times:
 /// for `perf record` / callgrind, so that the profile holds nothing else.
 fn profile_moe(experts: usize, iters: usize) {
@@ -356,6 +414,10 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .expect("--profile E");
         profile_moe(e, 20);
+        return;
+    }
+    if args.iter().any(|a| a == "--options") {
+        options_table(if quick { 3 } else { 7 });
         return;
     }
     if args.iter().any(|a| a == "--train") {
