@@ -1,6 +1,7 @@
 //! Training a [`SwitchLm`](crate::SwitchLm) with burn-train's Learner: the train/inference steps,
 //! routing metrics, the learning-rate schedule, progress output and the run itself.
 
+pub mod atomic;
 mod logger;
 mod metrics;
 mod renderer;

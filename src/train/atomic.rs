@@ -1,0 +1,147 @@
+//! Crash-safe files: every artifact of a run is written to a temporary file in the same
+//! directory, flushed to disk (`fsync`), then renamed over its final name, and the directory is
+//! flushed too. A kill at any instant leaves either the old or the new complete file, never a
+//! truncated one (rename is atomic within a filesystem on POSIX).
+//!
+//! [`CrashSafeRecorder`] gives burn-train's checkpointer the same guarantee: it is the
+//! `FileRecorder` passed to `with_file_checkpointer`, writes the same named-msgpack `.mpk` files
+//! as Burn's `DefaultRecorder` (so either can read what the other wrote), and writes them through
+//! [`write_atomic`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::record::{
+    FileRecorder, FullPrecisionSettings, NamedMpkBytesRecorder, Recorder, RecorderError,
+};
+use burn::tensor::backend::Backend;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Test-only hook (not for users): milliseconds to sleep halfway through every artifact write,
+/// so that a fault-injection test can kill the process while a file is being written.
+const SLOW_WRITE_ENV: &str = "SWITCH_MOE_TEST_SLOW_WRITE_MS";
+
+/// Writes `bytes` to `path` atomically: temporary file in the same directory, fsync, rename,
+/// fsync of the directory. Creates the parent directory if needed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir)?;
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        let half = bytes.len() / 2;
+        file.write_all(&bytes[..half])?;
+        if let Some(ms) = std::env::var(SLOW_WRITE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            file.flush()?;
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        file.write_all(&bytes[half..])?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = dir {
+            // Make the rename itself durable; not every platform can open a directory.
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes temporary files that [`write_atomic`] left in `dir` when a process was killed
+/// mid-write (names `.<file>.tmp-<pid>`); returns how many it removed. Only those names are
+/// touched.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with('.') && name.contains(".tmp-")
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+/// A `FileRecorder` writing Burn's named-msgpack `.mpk` format (full precision, like
+/// `DefaultRecorder`) through [`write_atomic`].
+#[derive(Debug, Default, Clone)]
+pub struct CrashSafeRecorder {
+    bytes: NamedMpkBytesRecorder<FullPrecisionSettings>,
+}
+
+impl CrashSafeRecorder {
+    /// A recorder; the same as `CrashSafeRecorder::default()`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<B: Backend> Recorder<B> for CrashSafeRecorder {
+    type Settings = FullPrecisionSettings;
+    type RecordArgs = PathBuf;
+    type RecordOutput = ();
+    type LoadArgs = PathBuf;
+
+    fn save_item<I: Serialize>(&self, item: I, mut file: PathBuf) -> Result<(), RecorderError> {
+        file.set_extension(<Self as FileRecorder<B>>::file_extension());
+        let bytes = Recorder::<B>::save_item(&self.bytes, item, ())?;
+        write_atomic(&file, &bytes)
+            .map_err(|e| RecorderError::Unknown(format!("cannot write {}: {e}", file.display())))
+    }
+
+    fn load_item<I: DeserializeOwned>(&self, file: &mut PathBuf) -> Result<I, RecorderError> {
+        file.set_extension(<Self as FileRecorder<B>>::file_extension());
+        let mut bytes = std::fs::read(&*file)
+            .map_err(|e| RecorderError::FileNotFound(format!("{}: {e}", file.display())))?;
+        Recorder::<B>::load_item(&self.bytes, &mut bytes)
+    }
+}
+
+impl<B: Backend> FileRecorder<B> for CrashSafeRecorder {
+    fn file_extension() -> &'static str {
+        "mpk"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_files_and_leaves_no_temporary() {
+        let dir = std::env::temp_dir().join(format!("switch-moe-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let file = dir.join("a.json");
+        write_atomic(&file, b"first").unwrap();
+        write_atomic(&file, b"second, longer").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"second, longer");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["a.json".to_string()]);
+        // A temporary left by a killed writer is recognised and removed; the file is not.
+        std::fs::write(dir.join(".a.json.tmp-99999"), b"partial").unwrap();
+        assert_eq!(remove_stale_temporaries(&dir), 1);
+        assert!(file.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
