@@ -2,6 +2,7 @@
 //! routing metrics, the learning-rate schedule, progress output and the run itself.
 
 pub mod atomic;
+mod guard;
 mod logger;
 mod metrics;
 mod renderer;
@@ -9,6 +10,7 @@ mod run;
 mod schedule;
 mod step;
 
+pub use guard::{Alarm, AlarmKind, Alarms, CollapsePolicy, HealthConfig, RunGuard};
 pub use logger::ResumeAwareLogger;
 pub use metrics::{LmMetric, LmMetricKind};
 pub use renderer::PlainRenderer;
