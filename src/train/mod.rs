@@ -3,6 +3,7 @@
 
 pub mod atomic;
 mod guard;
+mod loader;
 mod logger;
 mod metrics;
 mod renderer;
@@ -11,6 +12,7 @@ mod schedule;
 mod step;
 
 pub use guard::{Alarm, AlarmKind, Alarms, CollapsePolicy, HealthConfig, RunGuard};
+pub use loader::{EpochLoader, EpochOrder, epoch_seed};
 pub use logger::ResumeAwareLogger;
 pub use metrics::{LmMetric, LmMetricKind};
 pub use renderer::PlainRenderer;
