@@ -43,30 +43,50 @@ pub struct EpochLoader<B: Backend, I, O> {
 }
 
 impl<B: Backend, I: Send + Sync + 'static, O: Send + 'static> EpochLoader<B, I, O> {
-    /// A loader whose first `iter()` is epoch `first_epoch` (1 for a fresh run, k + 1 after a
-    /// resume from checkpoint k). With `reseed_backend`, each epoch starts by seeding the
-    /// backend's generator on `device` from (seed, epoch).
+    /// A loader of `dataset` in batches of `batch_size` on `device`: by default each epoch a
+    /// permutation, seed 0, first epoch 1, backend generator untouched.
     pub fn new(
         dataset: Arc<dyn Dataset<I>>,
         batcher: Arc<dyn Batcher<B, I, O>>,
         batch_size: usize,
-        order: EpochOrder,
-        seed: u64,
-        first_epoch: usize,
         device: B::Device,
-        reseed_backend: bool,
     ) -> Self {
         Self {
             dataset,
             batcher,
             batch_size: batch_size.max(1),
-            order,
-            seed,
-            next_epoch: Arc::new(AtomicUsize::new(first_epoch)),
+            order: EpochOrder::Shuffle,
+            seed: 0,
+            next_epoch: Arc::new(AtomicUsize::new(1)),
             device,
             range: None,
-            reseed_backend,
+            reseed_backend: false,
         }
+    }
+
+    /// How each epoch picks its items.
+    pub fn with_order(mut self, order: EpochOrder) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// The seed every epoch's order derives from.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The epoch of the first `iter()`: 1 for a fresh run, k + 1 after a resume from
+    /// checkpoint k.
+    pub fn with_first_epoch(mut self, epoch: usize) -> Self {
+        self.next_epoch = Arc::new(AtomicUsize::new(epoch));
+        self
+    }
+
+    /// Seed the backend's generator on the device from (seed, epoch) at each epoch's start.
+    pub fn with_backend_reseed(mut self, reseed: bool) -> Self {
+        self.reseed_backend = reseed;
+        self
     }
 
     /// Epoch `epoch`'s item indices, in order.
@@ -210,16 +230,10 @@ mod tests {
 
     fn loader(order: EpochOrder, first_epoch: usize) -> EpochLoader<B, usize, Tensor<B, 1, Int>> {
         let data = InMemDataset::new((0..10).collect::<Vec<usize>>());
-        EpochLoader::new(
-            Arc::new(data),
-            Arc::new(Ids),
-            3,
-            order,
-            7,
-            first_epoch,
-            Default::default(),
-            false,
-        )
+        EpochLoader::new(Arc::new(data), Arc::new(Ids), 3, Default::default())
+            .with_order(order)
+            .with_seed(7)
+            .with_first_epoch(first_epoch)
     }
 
     #[test]
