@@ -63,10 +63,15 @@ pub mod train;
 struct ReadmeDoctests;
 
 pub use dispatch::{Capacity, DispatchPlan};
-pub use encoder::{EncoderBlock, SwitchEncoder, SwitchEncoderConfig, SwitchEncoderInput};
+pub use encoder::{
+    EncoderBlock, SwitchEncoder, SwitchEncoderAutoregressiveCache, SwitchEncoderConfig,
+    SwitchEncoderInput,
+};
 pub use error::{Error, Result};
 pub use experts::{ExpertActivation, Experts};
-pub use layer::{SwitchEncoderLayer, SwitchEncoderLayerConfig};
+pub use layer::{
+    SwitchEncoderLayer, SwitchEncoderLayerAutoregressiveCache, SwitchEncoderLayerConfig,
+};
 pub use lm::{LmBatch, LmOutput, SwitchLm, SwitchLmConfig};
 #[cfg(feature = "metrics")]
 pub use metrics::{RoutingCsvMetric, RoutingMetric, RoutingMetricKind, routing_metrics};
