@@ -271,9 +271,11 @@ impl<B: Backend> SwitchEncoderLayer<B> {
         }
         let x = input;
         let attn_in = if self.norm_first {
-            per_position(cache.as_deref_mut().map(|c| &mut c.norm_attn), x.clone(), |x| {
-                self.norm_attn.forward(x)
-            })
+            per_position(
+                cache.as_deref_mut().map(|c| &mut c.norm_attn),
+                x.clone(),
+                |x| self.norm_attn.forward(x),
+            )
         } else {
             x.clone()
         };
@@ -296,9 +298,11 @@ impl<B: Backend> SwitchEncoderLayer<B> {
         }
 
         let ffn_in = if self.norm_first {
-            per_position(cache.as_deref_mut().map(|c| &mut c.norm_ffn), x.clone(), |x| {
-                self.norm_ffn.forward(x)
-            })
+            per_position(
+                cache.as_deref_mut().map(|c| &mut c.norm_ffn),
+                x.clone(),
+                |x| self.norm_ffn.forward(x),
+            )
         } else {
             x.clone()
         };
@@ -321,7 +325,7 @@ impl<B: Backend> SwitchEncoderLayer<B> {
         };
         let mut x = x + self.dropout.forward(ffn);
         if !self.norm_first {
-            x = per_position(cache.as_deref_mut().map(|c| &mut c.norm_ffn), x, |x| {
+            x = per_position(cache.map(|c| &mut c.norm_ffn), x, |x| {
                 self.norm_ffn.forward(x)
             });
         }

@@ -155,7 +155,7 @@ impl<B: Backend> SwitchLm<B> {
     /// position (the prompt); each later call must add exactly one token, and only that position
     /// goes through the encoder layers (earlier ones come from `cache`), the final norm and the
     /// head. Positions are absolute, so a sequence that outgrows `max_seq_len` needs a new cache
-    /// for its shortened window (as [`generate`](crate::generate::generate) does).
+    /// for its shortened window (as `generate::generate` does, feature `train`).
     ///
     /// The logits equal the last row of [`forward`](Self::forward) of the same tokens when
     /// neither drops a token, which a [`dropless`](Self::dropless) model guarantees (the prompt

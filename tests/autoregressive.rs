@@ -68,7 +68,10 @@ fn lm_cache_matches_full_forward(top_k: usize) -> f32 {
         let got = host(model.forward_autoregressive_inference(input.clone(), &mut cache)); // [B, V]
         assert_eq!(cache.len(), len);
         let (full, stats) = model.forward(input); // [B, len, V]
-        let want = host(full.slice([0..batch, len - 1..len, 0..vocab]).reshape([batch, vocab]));
+        let want = host(
+            full.slice([0..batch, len - 1..len, 0..vocab])
+                .reshape([batch, vocab]),
+        );
         let diff = max_abs_diff(&got, &want);
         assert!(
             diff <= TOLERANCE,
