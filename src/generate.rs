@@ -1,6 +1,6 @@
 //! Sampling text from a [`SwitchLm`]: temperature and top-k sampling, one token at a time with a
-//! key/value cache ([`SwitchLm::forward_autoregressive_inference`]), so a step costs one position
-//! through the layers instead of the whole window.
+//! key/value cache ([`SwitchLm::forward_autoregressive_inference`]): a step runs only the newest
+//! position through the projections, norms and feed-forward blocks instead of the whole window.
 //!
 //! **Context rule.** The model sees at most `max_seq_len` tokens (its position table). One cache
 //! serves while the context fits; when the next step would exceed the window, the context
