@@ -1,15 +1,23 @@
 //! A stack of Transformer encoder layers in which every `moe_every`-th feed-forward block is a
 //! Switch block and the others are dense (Fedus et al. 2021, §2: "we replace every other FFN layer
 //! with a Switch layer", following GShard).
+//!
+//! Like burn-nn's `TransformerEncoder`, it decodes autoregressively with a cache
+//! ([`SwitchEncoder::forward_autoregressive_inference`]): dense layers use burn-nn's own layer
+//! cache, sparse layers [`SwitchEncoderLayerAutoregressiveCache`].
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::transformer::{TransformerEncoderConfig, TransformerEncoderLayer};
+use burn::nn::transformer::{
+    TransformerEncoderConfig, TransformerEncoderLayer, TransformerEncoderLayerAutoregressiveCache,
+};
 use burn::tensor::{Bool, Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, check};
-use crate::layer::{SwitchEncoderLayer, SwitchEncoderLayerConfig};
+use crate::layer::{
+    SwitchEncoderLayer, SwitchEncoderLayerAutoregressiveCache, SwitchEncoderLayerConfig,
+};
 use crate::moe::SwitchFeedForwardConfig;
 use crate::stats::MoeStats;
 
@@ -253,4 +261,120 @@ impl<B: Backend> SwitchEncoder<B> {
         }
         (x, stats)
     }
+    /// An empty cache for [`forward_autoregressive_inference`](Self::forward_autoregressive_inference),
+    /// one entry per layer.
+    pub fn new_autoregressive_cache(&self) -> SwitchEncoderAutoregressiveCache<B> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| match layer {
+                EncoderBlock::Dense(_) => {
+                    LayerCache::Dense(TransformerEncoderLayerAutoregressiveCache::empty())
+                }
+                EncoderBlock::Sparse(_) => {
+                    LayerCache::Sparse(SwitchEncoderLayerAutoregressiveCache::empty())
+                }
+            })
+            .collect();
+        SwitchEncoderAutoregressiveCache { layers, len: 0 }
+    }
+
+    /// One autoregressive decoding step, as burn-nn's
+    /// `TransformerEncoder::forward_autoregressive_inference`: the whole sequence comes in, and
+    /// every layer computes only the newest position, taking the earlier ones from `cache`.
+    /// The first call on an empty cache computes every position (pass a causal `mask_attn`
+    /// for a multi-token prompt); each later call must add exactly one position.
+    ///
+    /// Dense layers run burn-nn's `TransformerEncoderLayer::forward_autoregressive_inference`;
+    /// sparse layers run [`SwitchEncoderLayer::forward_autoregressive_inference`], whose
+    /// routing rules (and stats, not returned here) are documented there. The result equals
+    /// [`forward`](Self::forward) of the same sequence when neither drops a token, which
+    /// dropless sparse layers guarantee ([`dropless`](Self::dropless)).
+    ///
+    /// # Shapes
+    /// - input.tensor: `[B, S, d]`, S = [`cache.len()`](SwitchEncoderAutoregressiveCache::len)
+    ///   + 1 (any S on an empty cache); masks as in [`SwitchEncoderInput`]
+    /// - output: `[B, S, d]`
+    pub fn forward_autoregressive_inference(
+        &self,
+        input: SwitchEncoderInput<B>,
+        cache: &mut SwitchEncoderAutoregressiveCache<B>,
+    ) -> Tensor<B, 3> {
+        let SwitchEncoderInput {
+            tensor: mut x,
+            mask_pad,
+            mask_attn,
+        } = input;
+        let seq = x.dims()[1];
+        assert_eq!(
+            cache.layers.len(),
+            self.layers.len(),
+            "SwitchEncoder: the cache has {} layers, the encoder {}; build it with new_autoregressive_cache",
+            cache.layers.len(),
+            self.layers.len()
+        );
+        assert!(
+            cache.len == 0 || seq == cache.len + 1,
+            "SwitchEncoder: an autoregressive step must add exactly one position (the cache holds \
+             {}, the input has {seq}); start a new cache for a new sequence",
+            cache.len
+        );
+        for (i, (layer, layer_cache)) in self.layers.iter().zip(&mut cache.layers).enumerate() {
+            x = match (layer, layer_cache) {
+                (EncoderBlock::Dense(layer), LayerCache::Dense(c)) => layer
+                    .forward_autoregressive_inference(x, mask_pad.clone(), mask_attn.clone(), c),
+                (EncoderBlock::Sparse(layer), LayerCache::Sparse(c)) => {
+                    layer
+                        .forward_autoregressive_inference(x, mask_pad.clone(), mask_attn.clone(), c)
+                        .0
+                }
+                _ => panic!(
+                    "SwitchEncoder: layer {i} is not of the kind the cache was built for; \
+                     build the cache with this encoder's new_autoregressive_cache"
+                ),
+            };
+        }
+        cache.len = seq;
+        x
+    }
+
+    /// The same encoder with every sparse layer dropless
+    /// ([`SwitchFeedForward::dropless`](crate::SwitchFeedForward::dropless)): no token is ever
+    /// dropped, at the cost of one scalar host read per sparse layer and forward. What sampling
+    /// wants: a token's output no longer depends on how many other tokens chose its expert.
+    pub fn dropless(mut self) -> Self {
+        for layer in &mut self.layers {
+            if let EncoderBlock::Sparse(layer) = layer {
+                layer.moe.dropless = true;
+            }
+        }
+        self
+    }
+}
+
+/// What [`SwitchEncoder::forward_autoregressive_inference`] keeps between steps: one cache per
+/// layer (burn-nn's for dense layers, [`SwitchEncoderLayerAutoregressiveCache`] for sparse ones)
+/// and the number of positions cached. Build it with
+/// [`SwitchEncoder::new_autoregressive_cache`]; one cache serves one sequence.
+pub struct SwitchEncoderAutoregressiveCache<B: Backend> {
+    layers: Vec<LayerCache<B>>,
+    len: usize,
+}
+
+impl<B: Backend> SwitchEncoderAutoregressiveCache<B> {
+    /// Positions cached so far (the sequence length of the last step).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The cache of one layer, of the layer's kind.
+enum LayerCache<B: Backend> {
+    Dense(TransformerEncoderLayerAutoregressiveCache<B>),
+    Sparse(SwitchEncoderLayerAutoregressiveCache<B>),
 }

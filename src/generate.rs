@@ -1,6 +1,19 @@
-//! Sampling text from a [`SwitchLm`]: temperature and top-k sampling, one token at a time over
-//! the last `max_seq_len` tokens (no key/value cache: fine for the small models trained here).
+//! Sampling text from a [`SwitchLm`]: temperature and top-k sampling, one token at a time with a
+//! key/value cache ([`SwitchLm::forward_autoregressive_inference`]): a step runs only the newest
+//! position through the projections, norms and feed-forward blocks instead of the whole window.
+//!
+//! **Context rule.** The model sees at most `max_seq_len` tokens (its position table). One cache
+//! serves while the context fits; when the next step would exceed the window, the context
+//! restarts from the last `max_seq_len / 2` tokens (at least 1): the cache is rebuilt from them in
+//! one pass and decoding continues. Positions are absolute, so a sliding window would need the
+//! whole cache recomputed at every step; halving keeps the rebuilds to one per `max_seq_len / 2`
+//! tokens, at the price of a context between `max_seq_len / 2` and `max_seq_len` tokens long.
+//!
+//! **No token is dropped.** Sampling runs on a dropless copy of the model ([`SwitchLm::dropless`]):
+//! the prompt pass routes every token without capacity limits, and a single-token step could
+//! not drop its token anyway.
 
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use crate::data::TextTokenizer;
@@ -33,6 +46,10 @@ impl Default for SamplingConfig {
 }
 
 /// Continues `prompt` by `config.length` sampled tokens and returns prompt + continuation.
+///
+/// It decodes with a key/value cache on a dropless copy of `model`; the context rule (at most
+/// `max_seq_len` tokens, restarting from the last `max_seq_len / 2`) is in the
+/// [module docs](self).
 ///
 /// Run it on an inference model (`model.valid()` or one loaded with
 /// [`load_trained`](crate::train::load_trained)) so that no jitter or dropout applies.
@@ -67,16 +84,26 @@ pub fn generate<B: Backend>(
                 .unwrap_or(0),
         );
     }
+    // Read every parameter before copying: a clone of a lazy (never used) burn-nn parameter
+    // would draw new random weights instead of sharing the model's.
+    model.visit(&mut Materialize);
+    let model = model.clone().dropless();
+    let keep = (model.max_seq_len / 2).max(1);
+    let mut start = 0; // the context is tokens[start..]
+    let mut cache = model.new_autoregressive_cache();
     let mut rng = HostRng::new(config.seed);
     for _ in 0..config.length {
-        let start = tokens.len().saturating_sub(model.max_seq_len);
+        if tokens.len() - start > model.max_seq_len {
+            start = tokens.len() - keep;
+            cache = model.new_autoregressive_cache();
+        }
         let window: Vec<i64> = tokens[start..].iter().map(|t| *t as i64).collect();
         let s = window.len();
         let input = Tensor::<B, 2, Int>::from_data(TensorData::new(window, [1, s]), device);
-        let (logits, _) = model.forward(input); // [1, s, V]
-        let vocab = logits.dims()[2];
-        let last = logits.slice([0..1, s - 1..s, 0..vocab]).reshape([vocab]); // [V]
+        let last = model.forward_autoregressive_inference(input, &mut cache); // [1, V]
+        let vocab = last.dims()[1];
         let last: Vec<f32> = last
+            .reshape([vocab]) // [V]
             .into_data()
             .convert::<f32>()
             .to_vec()
@@ -84,6 +111,15 @@ pub fn generate<B: Backend>(
         tokens.push(sample(&last, config, &mut rng) as u32);
     }
     tokenizer.decode(&tokens)
+}
+
+/// Initialises every lazy parameter in place (reading it is enough).
+struct Materialize;
+
+impl<B: Backend> ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
+    }
 }
 
 /// Draws a token from `softmax(logits / temperature)` restricted to the top k.

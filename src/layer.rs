@@ -1,10 +1,16 @@
 //! A Transformer encoder layer whose feed-forward block is a Switch (mixture-of-experts) block
 //! (Fedus et al. 2021, Fig. 2), with burn-nn 0.21's `TransformerEncoderLayer` semantics otherwise:
 //! the same attention, dropout placement and pre-/post-norm data flow.
+//!
+//! For autoregressive decoding, [`SwitchEncoderLayer::forward_autoregressive_inference`] mirrors
+//! burn-nn's `TransformerEncoderLayer::forward_autoregressive_inference`: the whole sequence comes
+//! in at every step, the cache holds the earlier positions' results, and only the newest position
+//! is computed (attention through burn-nn's `MhaCache`; norms and the Switch block through
+//! [`SwitchEncoderLayerAutoregressiveCache`]).
 
 use burn::config::Config;
 use burn::module::{Initializer, Module};
-use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
+use burn::nn::attention::{MhaCache, MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::{Bool, Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
@@ -210,9 +216,66 @@ impl<B: Backend> SwitchEncoderLayer<B> {
         mask_pad: Option<Tensor<B, 2, Bool>>,
         mask_attn: Option<Tensor<B, 3, Bool>>,
     ) -> (Tensor<B, 3>, MoeStats<B>) {
+        self.forward_with(input, mask_pad, mask_attn, None)
+    }
+
+    /// One autoregressive decoding step, as burn-nn's
+    /// `TransformerEncoderLayer::forward_autoregressive_inference`: the whole sequence comes in,
+    /// the cache supplies the results of every position but the newest, and only the newest
+    /// position goes through the norms, the attention projections and the Switch block.
+    ///
+    /// The first call on an empty cache computes every position (e.g. a whole prompt, with a
+    /// causal `mask_attn`); every later call must add exactly one position. Passing the causal
+    /// mask at every step is harmless: the newest position sees them all.
+    ///
+    /// **Routing.** The Switch block routes only the positions computed in this call, with its
+    /// own capacity rule. The returned [`MoeStats`] are theirs: the whole input on the first
+    /// call, the newest position afterwards. A single new token (B = 1) is never dropped: the
+    /// capacity is at least 1 and its k choices are distinct experts. With B > 1 the B newest
+    /// tokens share the capacity and can be dropped unless
+    /// [`dropless`](crate::SwitchFeedForward::dropless) is set; the cached and the full forward
+    /// agree exactly only when nothing is dropped, since the full forward shares capacity over
+    /// all B·S tokens.
+    ///
+    /// Meant for inference (no autodiff): dropout and router jitter would apply to the newest
+    /// position only.
+    ///
+    /// # Shapes
+    /// - input: `[B, S, d]`, S = the cached positions + 1 (any S on an empty cache)
+    /// - mask_pad: `[B, S]`, true at padding positions
+    /// - mask_attn: `[B, S, S]`, true where attention is blocked
+    /// - output: `[B, S, d]` (earlier positions from the cache) and the stats of the positions
+    ///   routed in this call
+    pub fn forward_autoregressive_inference(
+        &self,
+        input: Tensor<B, 3>,
+        mask_pad: Option<Tensor<B, 2, Bool>>,
+        mask_attn: Option<Tensor<B, 3, Bool>>,
+        cache: &mut SwitchEncoderLayerAutoregressiveCache<B>,
+    ) -> (Tensor<B, 3>, MoeStats<B>) {
+        self.forward_with(input, mask_pad, mask_attn, Some(cache))
+    }
+
+    /// The one data flow of [`forward`](Self::forward) (no cache) and
+    /// [`forward_autoregressive_inference`](Self::forward_autoregressive_inference).
+    fn forward_with(
+        &self,
+        input: Tensor<B, 3>,
+        mask_pad: Option<Tensor<B, 2, Bool>>,
+        mask_attn: Option<Tensor<B, 3, Bool>>,
+        mut cache: Option<&mut SwitchEncoderLayerAutoregressiveCache<B>>,
+    ) -> (Tensor<B, 3>, MoeStats<B>) {
+        let [batch, seq, _] = input.dims();
+        if let Some(cache) = cache.as_deref() {
+            cache.check_step(seq);
+        }
         let x = input;
         let attn_in = if self.norm_first {
-            self.norm_attn.forward(x.clone())
+            per_position(
+                cache.as_deref_mut().map(|c| &mut c.norm_attn),
+                x.clone(),
+                |x| self.norm_attn.forward(x),
+            )
         } else {
             x.clone()
         };
@@ -223,22 +286,157 @@ impl<B: Backend> SwitchEncoderLayer<B> {
         if let Some(mask) = mask_attn {
             mha_input = mha_input.mask_attn(mask);
         }
-        let attn = self.mha.forward(mha_input).context; // [B, S, d]
+        let attn = match cache.as_deref_mut() {
+            Some(c) => self.mha.forward_cache(mha_input, &mut c.mha).context, // [B, S, d]
+            None => self.mha.forward(mha_input).context,                      // [B, S, d]
+        };
         let mut x = x + self.dropout.forward(attn);
         if !self.norm_first {
-            x = self.norm_attn.forward(x);
+            x = per_position(cache.as_deref_mut().map(|c| &mut c.norm_attn), x, |x| {
+                self.norm_attn.forward(x)
+            });
         }
 
         let ffn_in = if self.norm_first {
-            self.norm_ffn.forward(x.clone())
+            per_position(
+                cache.as_deref_mut().map(|c| &mut c.norm_ffn),
+                x.clone(),
+                |x| self.norm_ffn.forward(x),
+            )
         } else {
             x.clone()
         };
-        let (ffn, stats) = self.moe.forward(ffn_in, mask_pad); // [B, S, d]
+        // The Switch block routes only the positions not cached yet, with their padding mask.
+        let (new_in, start) = match cache.as_deref_mut() {
+            Some(c) => c.moe.uncached(ffn_in), // [B, S - start, d]
+            None => (ffn_in, 0),
+        };
+        let new_pad = mask_pad.map(|m| {
+            if start == 0 {
+                m
+            } else {
+                m.slice([0..batch, start..seq]) // [B, S - start]
+            }
+        });
+        let (ffn, stats) = self.moe.forward(new_in, new_pad); // [B, S - start, d]
+        let ffn = match cache.as_deref_mut() {
+            Some(c) => c.moe.append(ffn), // [B, S, d]
+            None => ffn,
+        };
         let mut x = x + self.dropout.forward(ffn);
         if !self.norm_first {
-            x = self.norm_ffn.forward(x);
+            x = per_position(cache.map(|c| &mut c.norm_ffn), x, |x| {
+                self.norm_ffn.forward(x)
+            });
         }
         (x, stats)
+    }
+}
+
+/// What [`SwitchEncoderLayer::forward_autoregressive_inference`] keeps between steps: burn-nn's
+/// attention cache (projected queries, keys, values and outputs) and the results of both norms
+/// and of the Switch block at every position computed so far.
+///
+/// Start each sequence with [`empty`](Self::empty); a cache belongs to one layer and one
+/// sequence (its positions are fixed once computed).
+pub struct SwitchEncoderLayerAutoregressiveCache<B: Backend> {
+    mha: MhaCache<B>,
+    norm_attn: PositionCache<B>,
+    norm_ffn: PositionCache<B>,
+    moe: PositionCache<B>,
+}
+
+impl<B: Backend> SwitchEncoderLayerAutoregressiveCache<B> {
+    /// A cache holding no position.
+    pub fn empty() -> Self {
+        Self {
+            mha: MhaCache::autoregressive(),
+            norm_attn: PositionCache::empty(),
+            norm_ffn: PositionCache::empty(),
+            moe: PositionCache::empty(),
+        }
+    }
+
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.moe.len()
+    }
+
+    /// Whether no position is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Panics unless an input of `seq` positions is the next step: any length on an empty
+    /// cache, one position more than cached afterwards. Checked before anything is cached, so
+    /// a refused step leaves the cache as it was.
+    fn check_step(&self, seq: usize) {
+        let cached = self.len();
+        assert!(
+            cached == 0 || seq == cached + 1,
+            "SwitchEncoderLayer: an autoregressive step must add exactly one position \
+             (the cache holds {cached}, the input has {seq}); start a new cache for a new sequence"
+        );
+    }
+}
+
+impl<B: Backend> Default for SwitchEncoderLayerAutoregressiveCache<B> {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+/// The results of a position-wise computation for the positions seen so far, so that a step
+/// computes only the newest one. burn-nn's `TensorCache` does this, but its
+/// `forward_autoregressive` is crate-private; this one also tells the caller where the new
+/// positions start (to slice the padding mask for the Switch block).
+struct PositionCache<B: Backend> {
+    /// `[B, S_cached, d]`, `None` before the first step.
+    value: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> PositionCache<B> {
+    fn empty() -> Self {
+        Self { value: None }
+    }
+
+    fn len(&self) -> usize {
+        self.value.as_ref().map_or(0, |v| v.dims()[1])
+    }
+
+    /// The positions of `input` not cached yet and the index of the first: every position on an
+    /// empty cache, the newest afterwards (the layer checked that exactly one was added).
+    fn uncached(&self, input: Tensor<B, 3>) -> (Tensor<B, 3>, usize) {
+        let cached = self.len();
+        if cached == 0 {
+            return (input, 0);
+        }
+        let [batch, seq, d] = input.dims();
+        (input.slice([0..batch, cached..seq, 0..d]), cached) // [B, 1, d]
+    }
+
+    /// Appends newly computed positions and returns all of them.
+    fn append(&mut self, new: Tensor<B, 3>) -> Tensor<B, 3> {
+        let all = match self.value.take() {
+            Some(old) => Tensor::cat(vec![old, new], 1), // [B, S, d]
+            None => new,
+        };
+        self.value = Some(all.clone());
+        all
+    }
+}
+
+/// `f` over every position of `input`; with a cache, over the uncached positions only.
+fn per_position<B: Backend>(
+    cache: Option<&mut PositionCache<B>>,
+    input: Tensor<B, 3>,
+    f: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    match cache {
+        Some(cache) => {
+            let (new, _) = cache.uncached(input);
+            cache.append(f(new))
+        }
+        None => f(input),
     }
 }

@@ -65,11 +65,16 @@ pub mod train;
 struct ReadmeDoctests;
 
 pub use dispatch::{Capacity, DispatchPlan, DropPolicy};
-pub use encoder::{EncoderBlock, SwitchEncoder, SwitchEncoderConfig, SwitchEncoderInput};
+pub use encoder::{
+    EncoderBlock, SwitchEncoder, SwitchEncoderAutoregressiveCache, SwitchEncoderConfig,
+    SwitchEncoderInput,
+};
 pub use error::{Error, Result};
 pub use expert_choice::ExpertChoicePlan;
 pub use experts::{ExpertActivation, Experts};
-pub use layer::{SwitchEncoderLayer, SwitchEncoderLayerConfig};
+pub use layer::{
+    SwitchEncoderLayer, SwitchEncoderLayerAutoregressiveCache, SwitchEncoderLayerConfig,
+};
 pub use lm::{LmBatch, LmOutput, SwitchLm, SwitchLmConfig};
 #[cfg(feature = "metrics")]
 pub use metrics::{RoutingCsvMetric, RoutingMetric, RoutingMetricKind, routing_metrics};

@@ -3,15 +3,20 @@
 //!
 //! Its training loss is cross-entropy + α · mean load-balancing loss + β · mean z-loss over the
 //! sparse layers (Switch paper §2.2, α = 0.01; ST-MoE §3.1, β = 0.001).
+//!
+//! For sampling, [`SwitchLm::forward_autoregressive_inference`] decodes one position at a time
+//! with a key/value cache ([`SwitchLm::new_autoregressive_cache`]).
 
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::attention::generate_autoregressive_mask;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::{Int, Tensor, backend::Backend};
+use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 
-use crate::encoder::{SwitchEncoder, SwitchEncoderConfig, SwitchEncoderInput};
+use crate::encoder::{
+    SwitchEncoder, SwitchEncoderAutoregressiveCache, SwitchEncoderConfig, SwitchEncoderInput,
+};
 use crate::error::{Error, check};
 use crate::moe::RoutingMode;
 use crate::stats::{CombinedMoeStats, MoeLossWeights, MoeStats};
@@ -145,6 +150,69 @@ impl<B: Backend> SwitchLm<B> {
     /// - tokens: `[B, S]`, S ≤ max_seq_len
     /// - output: logits `[B, S, V]`
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 3>, Vec<MoeStats<B>>) {
+        let (x, mask) = self.embed(tokens); // [B, S, d], [B, S, S]
+        let (x, stats) = self
+            .encoder
+            .forward(SwitchEncoderInput::new(x).mask_attn(mask));
+        let logits = self.head.forward(self.norm.forward(x)); // [B, S, V]
+        (logits, stats)
+    }
+
+    /// An empty cache for [`forward_autoregressive_inference`](Self::forward_autoregressive_inference).
+    pub fn new_autoregressive_cache(&self) -> SwitchEncoderAutoregressiveCache<B> {
+        self.encoder.new_autoregressive_cache()
+    }
+
+    /// One decoding step with a key/value cache: the next-token logits of the last position.
+    ///
+    /// `tokens` is the whole sequence so far. The first call on an empty cache runs every
+    /// position (the prompt); each later call must add exactly one token, and only that position
+    /// goes through the encoder layers (earlier ones come from `cache`), the final norm and the
+    /// head. Positions are absolute, so a sequence that outgrows `max_seq_len` needs a new cache
+    /// for its shortened window (as `generate::generate` does, feature `train`).
+    ///
+    /// The logits equal the last row of [`forward`](Self::forward) of the same tokens when
+    /// neither drops a token, which a [`dropless`](Self::dropless) model guarantees (the prompt
+    /// is then routed without capacity limits). Without it the two can differ: the full forward
+    /// shares capacity over all B·S tokens, a step over the B newest only (a single new token,
+    /// B = 1, is never dropped). Routing stats are not returned. Meant for inference models
+    /// (no autodiff).
+    ///
+    /// # Shapes
+    /// - tokens: `[B, S]`, S ≤ max_seq_len, S = [`cache.len()`](SwitchEncoderAutoregressiveCache::len)
+    ///   + 1 (any S on an empty cache)
+    /// - output: logits of position S − 1 `[B, V]`
+    pub fn forward_autoregressive_inference(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut SwitchEncoderAutoregressiveCache<B>,
+    ) -> Tensor<B, 2> {
+        let [batch, seq] = tokens.dims();
+        // All positions are embedded (cheap); the encoder computes only the uncached ones. The
+        // causal mask matters for the first call, which runs the whole prompt.
+        let (x, mask) = self.embed(tokens); // [B, S, d], [B, S, S]
+        let x = self
+            .encoder
+            .forward_autoregressive_inference(SwitchEncoderInput::new(x).mask_attn(mask), cache); // [B, S, d]
+        let d = x.dims()[2];
+        let last = x.slice([0..batch, seq - 1..seq, 0..d]).reshape([batch, d]); // [B, d]
+        self.head.forward(self.norm.forward(last)) // [B, V]
+    }
+
+    /// The same model with every sparse layer dropless ([`SwitchEncoder::dropless`]): what
+    /// sampling runs on, so that no prompt token is dropped and a token's output does not depend
+    /// on the others' routing.
+    pub fn dropless(mut self) -> Self {
+        self.encoder = self.encoder.dropless();
+        self
+    }
+
+    /// Token + position embeddings of `tokens` and the causal mask.
+    ///
+    /// # Shapes
+    /// - tokens: `[B, S]`, S ≤ max_seq_len
+    /// - output: `[B, S, d]` and the causal mask `[B, S, S]` (true above the diagonal)
+    fn embed(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 3>, Tensor<B, 3, Bool>) {
         let [batch, seq] = tokens.dims();
         assert!(
             seq <= self.max_seq_len,
@@ -157,11 +225,7 @@ impl<B: Backend> SwitchLm<B> {
             .repeat_dim(0, batch); // [B, S]
         let x = self.token_embedding.forward(tokens) + self.position_embedding.forward(positions); // [B, S, d]
         let mask = generate_autoregressive_mask::<B>(batch, seq, &device); // [B, S, S]
-        let (x, stats) = self
-            .encoder
-            .forward(SwitchEncoderInput::new(x).mask_attn(mask));
-        let logits = self.head.forward(self.norm.forward(x)); // [B, S, V]
-        (logits, stats)
+        (x, mask)
     }
 
     /// The weights α, β of the routing losses in [`forward_step`](Self::forward_step).

@@ -5,7 +5,7 @@
 //! never waits for the device. A training step hands them to its metrics, which call
 //! [`RoutingStats::read`] once: every loss, count, fraction, entropy and dropped share of every
 //! sparse layer comes back in a single `Transaction`. Any model can then get the routing metrics
-//! of [`metrics`](crate::metrics) by adapting its output to [`RoutingStats`].
+//! of the `metrics` module (feature `metrics`) by adapting its output to [`RoutingStats`].
 
 use burn::tensor::{Tensor, Transaction, backend::Backend};
 

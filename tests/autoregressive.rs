@@ -1,0 +1,233 @@
+//! Decoding with a key/value cache gives what a full forward gives: `SwitchLm` step by step
+//! against `SwitchLm::forward` of every prefix (dense and sparse layers, top-1 and top-2), one
+//! `SwitchEncoderLayer` in post- and pre-norm with padding, and `generate` against greedy decoding
+//! by full forwards under the same context rule.
+
+mod common;
+
+use burn::nn::attention::generate_autoregressive_mask;
+use burn::tensor::{Int, Tensor, TensorData};
+use common::*;
+use switch_moe::{
+    EncoderBlock, SwitchEncoderConfig, SwitchEncoderLayerAutoregressiveCache,
+    SwitchEncoderLayerConfig, SwitchLm, SwitchLmConfig,
+};
+
+const TOLERANCE: f32 = 1e-5;
+
+/// A small pre-norm LM: 4 layers (dense, sparse, dense, sparse), 4 experts, top-k as given;
+/// dropless, so that no token is ever dropped.
+fn small_lm(vocab: usize, max_seq_len: usize, top_k: usize) -> SwitchLm<B> {
+    let (d_model, d_ff, heads, layers, experts) = (16, 32, 2, 4, 4);
+    let encoder = SwitchEncoderConfig::new(d_model, d_ff, heads, layers, experts)
+        .with_norm_first(true)
+        .with_dropout(0.0)
+        .map_moe(|m| m.with_top_k(top_k).with_init_scale(1.0));
+    SwitchLmConfig::new(vocab, max_seq_len, encoder)
+        .init::<B>(&device())
+        .dropless()
+}
+
+fn tokens(batch: usize, seq: usize, vocab: usize, seed: u64) -> Vec<i64> {
+    let mut rng = Rng::new(seed);
+    (0..batch * seq)
+        .map(|_| ((rng.uniform() * vocab as f64) as i64).min(vocab as i64 - 1))
+        .collect()
+}
+
+/// The prefix of length `len` of every row of `all` (`[batch, seq]`, row-major).
+fn prefix(all: &[i64], batch: usize, seq: usize, len: usize) -> Tensor<B, 2, Int> {
+    let rows: Vec<i64> = (0..batch)
+        .flat_map(|b| all[b * seq..b * seq + len].iter().copied())
+        .collect();
+    Tensor::from_data(TensorData::new(rows, [batch, len]), &device())
+}
+
+/// Feeds a prompt, then 20 tokens one at a time, through the cache and compares the last
+/// position's logits at every step with a full forward of the same prefix. Returns the largest
+/// difference seen.
+fn lm_cache_matches_full_forward(top_k: usize) -> f32 {
+    let (vocab, max_seq_len, batch, prompt, extra) = (20, 32, 2, 5, 20);
+    let model = small_lm(vocab, max_seq_len, top_k);
+    assert!(
+        model
+            .encoder
+            .layers
+            .iter()
+            .any(|l| matches!(l, EncoderBlock::Dense(_)))
+            && model.encoder.sparse_layers().len() == 2
+    );
+    let seq = prompt + extra;
+    let all = tokens(batch, seq, vocab, 7 + top_k as u64);
+
+    let mut cache = model.new_autoregressive_cache();
+    let mut worst = 0.0f32;
+    let mut experts_used = vec![0.0f32; 4];
+    for len in prompt..=seq {
+        let input = prefix(&all, batch, seq, len);
+        let got = host(model.forward_autoregressive_inference(input.clone(), &mut cache)); // [B, V]
+        assert_eq!(cache.len(), len);
+        let (full, stats) = model.forward(input); // [B, len, V]
+        let want = host(
+            full.slice([0..batch, len - 1..len, 0..vocab])
+                .reshape([batch, vocab]),
+        );
+        let diff = max_abs_diff(&got, &want);
+        assert!(
+            diff <= TOLERANCE,
+            "top-{top_k}, prefix {len}: cached and full logits differ by {diff}"
+        );
+        worst = worst.max(diff);
+        for s in stats {
+            assert_eq!(host(s.dropped_fraction), vec![0.0], "dropless");
+            for (u, c) in experts_used.iter_mut().zip(host(s.tokens_per_expert)) {
+                *u += c;
+            }
+        }
+    }
+    // The comparison means something only if routing does: several experts must be chosen.
+    let busy = experts_used.iter().filter(|c| **c > 0.0).count();
+    assert!(busy >= 2, "only {busy} expert(s) used: {experts_used:?}");
+    worst
+}
+
+#[test]
+fn lm_cache_matches_full_forward_top1() {
+    let worst = lm_cache_matches_full_forward(1);
+    println!("top-1: max |cached - full| = {worst:e}");
+}
+
+#[test]
+fn lm_cache_matches_full_forward_top2() {
+    let worst = lm_cache_matches_full_forward(2);
+    println!("top-2: max |cached - full| = {worst:e}");
+}
+
+/// One sparse layer, step by step against its full causal forward, with the second sequence
+/// ending in padding. The first step runs a 3-position prefix at once.
+fn layer_cache_matches_full_forward(norm_first: bool) {
+    let device = device();
+    let (batch, seq, d, f, heads, experts) = (2, 9, 8, 16, 2, 4);
+    let mut layer = SwitchEncoderLayerConfig::new(d, f, heads, experts)
+        .with_norm_first(norm_first)
+        .with_dropout(0.0)
+        .map_moe(|m| m.with_top_k(2).with_init_scale(1.0))
+        .init::<B>(&device);
+    layer.moe.dropless = true;
+
+    let x = tensor::<B, 3>(
+        Rng::new(11).normals(batch * seq * d, 1.0),
+        [batch, seq, d],
+        &device,
+    );
+    let pad: Vec<bool> = (0..batch * seq).map(|i| i >= 2 * seq - 3).collect();
+    let mask_pad = bool_tensor::<B, 2>(pad, [batch, seq], &device);
+    let mask_attn = generate_autoregressive_mask::<B>(batch, seq, &device);
+    let (full, _) = layer.forward(x.clone(), Some(mask_pad.clone()), Some(mask_attn));
+    let full = host(full); // [B, S, d]
+
+    let mut cache = SwitchEncoderLayerAutoregressiveCache::empty();
+    let first = 3;
+    for len in first..=seq {
+        let (y, stats) = layer.forward_autoregressive_inference(
+            x.clone().slice([0..batch, 0..len, 0..d]),
+            Some(mask_pad.clone().slice([0..batch, 0..len])),
+            Some(generate_autoregressive_mask::<B>(batch, len, &device)),
+            &mut cache,
+        );
+        assert_eq!(y.dims(), [batch, len, d]);
+        assert_eq!(cache.len(), len);
+        let y = host(y);
+        // Every position, cached or new, must be the full forward's.
+        for b in 0..batch {
+            for p in 0..len {
+                let got = &y[(b * len + p) * d..(b * len + p + 1) * d];
+                let want = &full[(b * seq + p) * d..(b * seq + p + 1) * d];
+                let diff = max_abs_diff(got, want);
+                assert!(
+                    diff <= TOLERANCE,
+                    "norm_first={norm_first}, step {len}, row {b}, position {p}: diff {diff}"
+                );
+            }
+        }
+        // The stats cover the positions routed in this call: the prefix, then the newest.
+        let routed = if len == first { batch * first } else { batch };
+        let padding = if len == first {
+            0
+        } else {
+            usize::from(len > seq - 3)
+        };
+        let counted: f32 = host(stats.tokens_per_expert).iter().sum();
+        assert_eq!(counted as usize, routed - padding, "step {len}");
+    }
+}
+
+#[test]
+fn layer_cache_matches_full_forward_post_norm() {
+    layer_cache_matches_full_forward(false);
+}
+
+#[test]
+fn layer_cache_matches_full_forward_pre_norm() {
+    layer_cache_matches_full_forward(true);
+}
+
+#[test]
+#[should_panic(expected = "must add exactly one position")]
+fn a_step_must_add_one_position() {
+    let model = small_lm(20, 32, 1);
+    let mut cache = model.new_autoregressive_cache();
+    let all = tokens(1, 6, 20, 1);
+    let _ = model.forward_autoregressive_inference(prefix(&all, 1, 6, 3), &mut cache);
+    let _ = model.forward_autoregressive_inference(prefix(&all, 1, 6, 5), &mut cache);
+}
+
+/// `generate` with top-k 1 is greedy decoding: the same tokens as full forwards of the context
+/// that the module's rule gives (the last `max_seq_len / 2` tokens once the window is full).
+#[cfg(feature = "train")]
+#[test]
+fn generate_is_greedy_decoding_under_the_context_rule() {
+    use switch_moe::data::TextTokenizer;
+    use switch_moe::generate::{SamplingConfig, generate};
+
+    let tokenizer = TextTokenizer::char_level("abcdefghijklmnopqrs \n");
+    let vocab = tokenizer.vocab_size();
+    let max_seq_len = 8;
+    // Not dropless: generate must make its own dropless copy.
+    let model = SwitchLmConfig::new(
+        vocab,
+        max_seq_len,
+        SwitchEncoderConfig::new(16, 32, 2, 2, 4)
+            .with_norm_first(true)
+            .with_dropout(0.0)
+            .map_moe(|m| m.with_init_scale(1.0)),
+    )
+    .init::<B>(&device());
+    let length = 30;
+    let sampling = SamplingConfig {
+        length,
+        temperature: 1.0,
+        top_k: Some(1),
+        seed: 0,
+    };
+    let text = generate(&model, &tokenizer, "abc", &sampling, &device()).unwrap();
+
+    let reference = model.clone().dropless();
+    let mut ids = tokenizer.encode("abc").unwrap();
+    let mut start = 0;
+    for _ in 0..length {
+        if ids.len() - start > max_seq_len {
+            start = ids.len() - max_seq_len / 2;
+        }
+        let window: Vec<i64> = ids[start..].iter().map(|t| *t as i64).collect();
+        let s = window.len();
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(window, [1, s]), &device());
+        let (logits, _) = reference.forward(input);
+        let last = host(logits.slice([0..1, s - 1..s, 0..vocab]).reshape([vocab]));
+        let best = (0..vocab)
+            .max_by(|a, b| last[*a].total_cmp(&last[*b]))
+            .unwrap();
+        ids.push(best as u32);
+    }
+    assert_eq!(text, tokenizer.decode(&ids).unwrap());
+}
