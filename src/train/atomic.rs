@@ -10,17 +10,36 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use burn::record::{
     FileRecorder, FullPrecisionSettings, NamedMpkBytesRecorder, Recorder, RecorderError,
 };
 use burn::tensor::backend::Backend;
+use burn::train::Interrupter;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Test-only hook (not for users): milliseconds to sleep halfway through every artifact write,
 /// so that a fault-injection test can kill the process while a file is being written.
 const SLOW_WRITE_ENV: &str = "SWITCH_MOE_TEST_SLOW_WRITE_MS";
+/// Test-only hook (not for users): after this many successful atomic writes in the process,
+/// every further one fails as a full disk would (ENOSPC), to test the run's reaction.
+const FULL_DISK_ENV: &str = "SWITCH_MOE_TEST_FULL_DISK_AFTER";
+
+static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn simulated_full_disk() -> std::io::Result<()> {
+    let limit = std::env::var(FULL_DISK_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(limit) = limit
+        && WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= limit
+    {
+        return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+    }
+    Ok(())
+}
 
 /// Writes `bytes` to `path` atomically: temporary file in the same directory, fsync, rename,
 /// fsync of the directory. Creates the parent directory if needed.
@@ -36,6 +55,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
+        simulated_full_disk()?;
         let half = bytes.len() / 2;
         file.write_all(&bytes[..half])?;
         if let Some(ms) = std::env::var(SLOW_WRITE_ENV)
@@ -82,15 +102,39 @@ pub fn remove_stale_temporaries(dir: &Path) -> usize {
 
 /// A `FileRecorder` writing Burn's named-msgpack `.mpk` format (full precision, like
 /// `DefaultRecorder`) through [`write_atomic`].
-#[derive(Debug, Default, Clone)]
+///
+/// burn-train's checkpointer thread panics when a save fails (a full disk, say). With
+/// [`on_failure`](Self::on_failure), a failed save instead records its message, stops the run
+/// through the Learner's `Interrupter` and reports success to burn-train: the run ends at the
+/// next step, the failed file is not left behind, the earlier checkpoints stay as they were, and
+/// the trainer reports the failure as one error.
+#[derive(Default, Clone)]
 pub struct CrashSafeRecorder {
     bytes: NamedMpkBytesRecorder<FullPrecisionSettings>,
+    failure: Option<(Interrupter, Arc<Mutex<Option<String>>>)>,
+}
+
+impl std::fmt::Debug for CrashSafeRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrashSafeRecorder")
+            .field("stops_on_failure", &self.failure.is_some())
+            .finish()
+    }
 }
 
 impl CrashSafeRecorder {
-    /// A recorder; the same as `CrashSafeRecorder::default()`.
+    /// A recorder that returns write failures as errors.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A recorder that turns write failures into a stop of the run (see the type's docs); the
+    /// first failure's message lands in `failure`.
+    pub fn on_failure(interrupter: Interrupter, failure: Arc<Mutex<Option<String>>>) -> Self {
+        Self {
+            bytes: NamedMpkBytesRecorder::default(),
+            failure: Some((interrupter, failure)),
+        }
     }
 }
 
@@ -103,8 +147,20 @@ impl<B: Backend> Recorder<B> for CrashSafeRecorder {
     fn save_item<I: Serialize>(&self, item: I, mut file: PathBuf) -> Result<(), RecorderError> {
         file.set_extension(<Self as FileRecorder<B>>::file_extension());
         let bytes = Recorder::<B>::save_item(&self.bytes, item, ())?;
-        write_atomic(&file, &bytes)
-            .map_err(|e| RecorderError::Unknown(format!("cannot write {}: {e}", file.display())))
+        let Err(e) = write_atomic(&file, &bytes) else {
+            return Ok(());
+        };
+        let message = format!("cannot write {}: {e}", file.display());
+        match &self.failure {
+            Some((interrupter, slot)) => {
+                if let Ok(mut slot) = slot.lock() {
+                    slot.get_or_insert(message.clone());
+                }
+                interrupter.stop(Some(&message));
+                Ok(())
+            }
+            None => Err(RecorderError::Unknown(message)),
+        }
     }
 
     fn load_item<I: DeserializeOwned>(&self, file: &mut PathBuf) -> Result<I, RecorderError> {
