@@ -94,6 +94,29 @@ impl<B: Backend> LmOutput<B> {
 }
 
 impl SwitchLmConfig {
+    /// Parameters of the model this config builds, counted from the config alone (nothing is
+    /// allocated): what a trainer checks against the machine's memory before building it.
+    pub fn num_params(&self) -> usize {
+        let enc = &self.encoder;
+        let moe = enc.moe();
+        let (d, f, e, v) = (moe.d_model, moe.d_ff, moe.num_experts, self.vocab_size);
+        let norm = 2 * d; // LayerNorm gamma and beta
+        let attention = 4 * (d * d + d) + 2 * norm; // q, k, v, out with biases; two norms
+        let dense = attention + d * f + f + f * d + d; // burn-nn's FFN has biases
+        let expert_bias = if moe.bias { f + d } else { 0 };
+        let ffn_experts = |n: usize| n * (2 * d * f + expert_bias);
+        let sparse = attention
+            + d * e // router
+            + ffn_experts(e)
+            + ffn_experts(moe.num_shared_experts)
+            + if moe.shared_gate { d } else { 0 }
+            + if moe.expert_bias_rate > 0.0 { e } else { 0 }; // the bias state is recorded too
+        let layers: usize = (0..enc.n_layers)
+            .map(|i| if enc.is_sparse(i) { sparse } else { dense })
+            .sum();
+        v * d + self.max_seq_len * d + layers + norm + d * v
+    }
+
     /// Checks every field; the error names the field and its value.
     pub fn validate(&self) -> crate::Result<()> {
         const C: &str = "SwitchLmConfig";

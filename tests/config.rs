@@ -136,3 +136,24 @@ fn printing_a_layer_shows_the_moe_settings_and_parameter_count() {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
 }
+
+#[test]
+fn lm_parameter_count_from_the_config_matches_the_built_model() {
+    use burn::module::Module;
+    let device = Default::default();
+    for encoder in [
+        SwitchEncoderConfig::new(8, 16, 2, 3, 4),
+        SwitchEncoderConfig::new(8, 12, 2, 2, 3)
+            .with_moe_every(1)
+            .map_moe(|m| {
+                m.with_bias(true)
+                    .with_num_shared_experts(2)
+                    .with_shared_gate(true)
+                    .with_expert_bias_rate(1e-3)
+            }),
+    ] {
+        let config = switch_moe::SwitchLmConfig::new(11, 7, encoder);
+        let model = config.init::<switch_moe::backend::TestBackend>(&device);
+        assert_eq!(config.num_params(), model.num_params());
+    }
+}
