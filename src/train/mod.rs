@@ -1,6 +1,9 @@
-//! Training a [`SwitchLm`](crate::SwitchLm) with burn-train's Learner: the train/inference steps,
-//! routing metrics, the learning-rate schedule, progress output and the run itself.
+//! Training a [`SwitchLm`](crate::SwitchLm) with burn-train's Learner: the run's config, its
+//! artifact directory, the train/inference steps, metrics, the learning-rate schedule, progress
+//! output and the run itself.
 
+mod artifacts;
+mod config;
 mod logger;
 mod metrics;
 mod renderer;
@@ -8,12 +11,11 @@ mod run;
 mod schedule;
 mod step;
 
+pub use artifacts::{ArtifactDir, epoch_metric, load_trained};
+pub use config::{TokenizerKind, TrainingConfig};
 pub use logger::ResumeAwareLogger;
 pub use metrics::{LmMetric, LmMetricKind};
 pub use renderer::PlainRenderer;
-pub use run::{
-    ArtifactDir, TokenizerKind, TrainOptions, TrainSummary, TrainingConfig, epoch_metric,
-    load_trained, train,
-};
+pub use run::{TrainOptions, TrainPlan, TrainSummary, train, train_with_plan};
 pub use schedule::WarmupCosineLr;
 pub use step::LmStats;
