@@ -306,8 +306,8 @@ fn invalid_flag_values_name_the_flag() {
             .as_bytes(),
     );
     let run = dir.join("run");
-    // `--preset cpu`: without it the wgpu backend picks the gpu preset (d_model 384, where
-    // `--heads 3` is valid).
+    // `--preset cpu`: without it a GPU gets the gpu preset (d_model 384, where `--heads 3` is
+    // valid).
     let base = [
         "--data",
         data.to_str().unwrap(),
