@@ -138,9 +138,11 @@ pub fn train_with_plan<B: AutodiffBackend>(
     let resume_from = check_start::<B::InnerBackend>(&dir, &config, options.resume, &device)?;
     let first_epoch = resume_from.map_or(1, |e| e + 1);
 
+    // Data: corpus → contiguous split → tokenizer → token ids.
     let (corpus, tokenizer, train_tokens, valid_tokens) = tokenize(&mut config, options, &dir)?;
     let split_tokens = (train_tokens.len(), valid_tokens.len());
 
+    // Loaders: windows of `seq_len` tokens; with a step budget each epoch draws its share.
     let train_windows = TokenWindows::new(train_tokens, config.seq_len());
     let steps_per_pass = train_windows.len().div_ceil(config.batch_size);
     let steps_per_epoch = config.steps_per_epoch(train_windows.len());
@@ -164,6 +166,7 @@ pub fn train_with_plan<B: AutodiffBackend>(
         total_steps,
     );
 
+    // The plan, told to the caller before the first step; a fresh run's files.
     let plan = TrainPlan {
         artifact_dir: dir.0.clone(),
         corpus,
@@ -182,6 +185,7 @@ pub fn train_with_plan<B: AutodiffBackend>(
     }
     on_plan(&plan);
 
+    // burn-train's Learner: metrics, checkpoints, early stopping, progress; then fit and save.
     let plain = options
         .plain_progress
         .unwrap_or_else(|| !std::io::IsTerminal::is_terminal(&std::io::stdout()));
@@ -199,10 +203,10 @@ pub fn train_with_plan<B: AutodiffBackend>(
     save_final_model::<B::InnerBackend>(&dir, &config, &plan, result.model, &device)
 }
 
-/// Loads the corpus (returning where it was read), splits it contiguously (so that the validation text is unseen), gets the
-/// tokenizer (the run's on a resume, a given file, or one trained on the training split) and
-/// encodes both splits, checking that each holds a window and that every id fits the model.
-/// Sets the model's vocabulary size on a fresh run.
+/// Loads the corpus (returning where it was read), splits it contiguously so that the validation
+/// text is unseen, gets the tokenizer (the run's on a resume, a given file, or one trained on the
+/// training split) and encodes both splits, checking that each holds a window and that every id
+/// fits the model. Sets the model's vocabulary size on a fresh run.
 fn tokenize(
     config: &mut TrainingConfig,
     options: &TrainOptions,
