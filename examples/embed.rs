@@ -42,9 +42,15 @@ const VOCAB: usize = 32;
 const CLASSES: usize = 4;
 const SEQ: usize = 16;
 
-/// Train a small classifier holding a SwitchEncoderLayer with burn-train's Learner, showing the
-/// per-expert token fractions beside loss and accuracy.
+/// Demo: a SwitchEncoderLayer inside your own Burn model, trained with burn-train's Learner.
+///
+/// Trains a small sequence classifier (embedding → SwitchEncoderLayer → mean pool → linear) on
+/// synthetic data in which each class draws its tokens mostly from its own part of the
+/// vocabulary, and shows the per-expert token fractions and routing losses beside loss and
+/// accuracy in burn-train's dashboard and metric logs. examples/embed.rs is the code to copy:
+/// one Adaptor<RoutingStats> impl brings the routing metrics to any model.
 #[derive(Parser, Debug)]
+#[command(version)]
 struct Args {
     /// Epochs (each a pass over the synthetic training set).
     #[arg(long, default_value_t = 3)]

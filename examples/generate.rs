@@ -12,9 +12,14 @@ use clap::Parser;
 use switch_moe::generate::{SamplingConfig, generate};
 use switch_moe::train::load_trained;
 
-/// Sample text from a Switch language model saved by the train example.
+/// Sample text from a language model trained by the train example.
+///
+/// Loads config.json, tokenizer.json and model.mpk (or, while a run is still training, its newest
+/// checkpoint) from --artifact-dir and prints --prompt followed by --length generated tokens,
+/// drawn one at a time from the model's next-token distribution (softmax at --temperature,
+/// restricted to the --top-k most likely tokens). The same --seed gives the same text.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// The run's artifact directory (config.json, tokenizer.json, model.mpk or checkpoints).
     #[arg(long)]

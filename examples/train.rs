@@ -2,12 +2,15 @@
 //!
 //! ```sh
 //! cargo run --release --example train                      # ndarray (CPU), tiny-shakespeare
-//! cargo run --release --features wgpu --example train      # wgpu (GPU preset)
+//! cargo run --release --features wgpu --example train      # wgpu (preset from the adapter)
 //! cargo run --release --example train -- --data my.txt --max-steps 200
-//! cargo run --release --example train -- --resume --artifact-dir artifacts/<run>
+//! cargo run --release --example train -- --resume --artifact-dir artifacts/<run> --epochs 3
 //! ```
 //!
-//! Artifacts (config, tokenizer, checkpoints, metric logs, routing.csv, model.mpk) go to
+//! The program says what it is about to do in one block (backend, device, preset and why, model
+//! size, steps, artifact directory), then shows progress (burn-train's dashboard on a terminal,
+//! plain lines otherwise), the validation loss of each epoch and a few samples. Artifacts
+//! (config, tokenizer, model.txt, checkpoints, metric logs, routing.csv, model.mpk) go to
 //! `--artifact-dir`; `examples/generate.rs` samples from such a directory.
 
 use std::path::PathBuf;
@@ -15,22 +18,32 @@ use std::process::ExitCode;
 
 use burn::config::Config;
 use burn::tensor::backend::AutodiffBackend;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use switch_moe::backend::{DeviceInfo, DeviceKind};
 use switch_moe::generate::{SamplingConfig, generate};
-use switch_moe::train::{TokenizerKind, TrainOptions, TrainingConfig, load_trained, train};
+use switch_moe::train::{
+    TokenizerKind, TrainOptions, TrainPlan, TrainingConfig, load_trained, train_with_plan,
+};
 use switch_moe::{SwitchEncoderConfig, SwitchLmConfig};
 
-/// Train a Switch Transformer language model (burn-train Learner, per-expert routing metrics,
-/// checkpoints). Flags left out take the preset's value: `cpu` (small, ~10 minutes on 2 cores
-/// with ndarray) or `gpu` (larger; the default with `--features wgpu`).
+/// Train a small Switch Transformer (mixture-of-experts) language model on a text corpus, then
+/// print a few samples from it.
+///
+/// With no flags it trains on tiny-shakespeare (downloaded once, about 1 MB) with the preset that
+/// suits the device: `cpu` on a CPU (ndarray, LibTorch on the CPU, or wgpu on a software driver
+/// such as lavapipe), `gpu` on a GPU. Each flag left out takes the preset's value (table below).
+/// The program prints what it will do, then progress lines (or burn-train's dashboard on a
+/// terminal) with the loss, routing balance, speed and time left. Checkpoints, metric logs,
+/// per-expert routing (routing.csv) and the final model.mpk go to --artifact-dir; sample more
+/// text with `cargo run --release --example generate -- --artifact-dir <dir>`.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Corpus: a UTF-8 text file, or a directory whose files are all used. Default:
     /// $SWITCH_MOE_DATA, else tiny-shakespeare downloaded once to ~/.cache/switch-moe.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Where config, tokenizer, checkpoints, logs and routing.csv go. Default:
+    /// Where config, tokenizer, model.txt, checkpoints, logs and routing.csv go. Default:
     /// artifacts/<unix-time>.
     #[arg(long)]
     artifact_dir: Option<PathBuf>,
@@ -80,16 +93,19 @@ struct Args {
     /// Weight β of the router z-loss.
     #[arg(long)]
     z_coef: Option<f64>,
-    /// Windows per batch.
+    /// Windows (sequences) per batch; one optimiser step per batch.
     #[arg(long)]
     batch_size: Option<usize>,
     /// Tokens per window (context length).
     #[arg(long)]
     seq_len: Option<usize>,
-    /// Epochs (one pass over the training windows each).
+    /// Epochs. Without a step budget an epoch is one pass over the training windows. With one
+    /// (--max-steps, or the cpu preset's 500 steps) the budget is split evenly over the epochs
+    /// and an epoch is that many batches of windows drawn at random: less or more than a pass.
+    /// Giving --epochs without --max-steps drops the preset's step budget (whole passes).
     #[arg(long)]
     epochs: Option<usize>,
-    /// Stop after this many optimiser steps (spread over the epochs): for quick runs.
+    /// Optimiser steps in all, split evenly over the epochs (see --epochs): for quick runs.
     #[arg(long)]
     max_steps: Option<usize>,
     /// Peak learning rate (AdamW, warm-up then cosine).
@@ -102,7 +118,8 @@ struct Args {
     /// Seed of initialisation, shuffling and sampling.
     #[arg(long)]
     seed: Option<u64>,
-    /// Defaults for flags left out: cpu or gpu. Default: gpu with the wgpu or cuda backend, else cpu.
+    /// The defaults for flags left out (table below). Default: gpu on a GPU, cpu on a CPU
+    /// (including wgpu on a software driver such as lavapipe).
     #[arg(long, value_parser = ["cpu", "gpu"])]
     preset: Option<String>,
     /// Plain progress lines even on a terminal (no dashboard).
@@ -112,32 +129,98 @@ struct Args {
 
 /// The preset's training config; flags replace its fields.
 fn preset(name: &str) -> TrainingConfig {
-    // d_model, d_ff, layers, heads, experts, seq_len, batch, epochs, lr, max_steps
-    let (d, f, l, h, e, s, b, epochs, lr, max_steps) = match name {
-        "gpu" => (384, 1536, 6, 6, 8, 256, 64, 5, 1e-3, None),
-        _ => (128, 512, 4, 4, 8, 128, 32, 1, 2e-3, Some(500)),
-    };
-    let encoder = SwitchEncoderConfig::new(d, f, h, l, e)
+    let gpu = name == "gpu";
+    // cpu: about 10 minutes on 2 cores with ndarray (BENCHMARKS.md: ~4k tokens/s).
+    let d_model = if gpu { 384 } else { 128 };
+    let d_ff = 4 * d_model;
+    let layers = if gpu { 6 } else { 4 };
+    let heads = if gpu { 6 } else { 4 };
+    let experts = 8;
+    let seq_len = if gpu { 256 } else { 128 };
+    let batch = if gpu { 64 } else { 32 };
+    let epochs = if gpu { 5 } else { 1 };
+    let max_steps = if gpu { None } else { Some(500) };
+    let lr = if gpu { 1e-3 } else { 2e-3 };
+    let encoder = SwitchEncoderConfig::new(d_model, d_ff, heads, layers, experts)
         .with_norm_first(true)
         .with_dropout(0.1);
-    let model = SwitchLmConfig::new(0, s, encoder);
+    let model = SwitchLmConfig::new(0, seq_len, encoder);
     TrainingConfig::new(model, TokenizerKind::Bpe { vocab_size: 1024 })
-        .with_batch_size(b)
+        .with_batch_size(batch)
         .with_num_epochs(epochs)
         .with_max_steps(max_steps)
         .with_lr(lr)
 }
 
-fn build_config(args: &Args) -> Result<TrainingConfig, switch_moe::Error> {
-    let name = args.preset.clone().unwrap_or_else(|| {
-        if matches!(switch_moe::backend::NAME, "wgpu" | "cuda") {
-            "gpu"
-        } else {
-            "cpu"
-        }
-        .to_string()
-    });
-    let mut c = preset(&name);
+/// The presets' values, for `--help`, read from [`preset`] itself.
+fn presets_help() -> String {
+    let (cpu, gpu) = (preset("cpu"), preset("gpu"));
+    type Row = (&'static str, fn(&TrainingConfig) -> String);
+    let rows: [Row; 10] = [
+        ("d_model", |c| c.model.encoder.moe().d_model.to_string()),
+        ("d_ff", |c| c.model.encoder.moe().d_ff.to_string()),
+        ("layers", |c| {
+            let e = &c.model.encoder;
+            format!("{} ({} sparse)", e.n_layers, e.n_layers / e.moe_every)
+        }),
+        ("heads", |c| c.model.encoder.layer.n_heads.to_string()),
+        ("experts", |c| {
+            let moe = c.model.encoder.moe();
+            format!("{}, top-{}", moe.num_experts, moe.top_k)
+        }),
+        ("seq len", |c| c.model.max_seq_len.to_string()),
+        ("batch", |c| c.batch_size.to_string()),
+        ("vocab", |c| match c.tokenizer {
+            TokenizerKind::Bpe { vocab_size } => format!("BPE {vocab_size}"),
+            _ => "char".into(),
+        }),
+        ("steps", |c| match (c.max_steps, c.num_epochs) {
+            (Some(steps), 1) => format!("{steps} (1 epoch)"),
+            (Some(steps), n) => format!("{steps} ({n} epochs)"),
+            (None, n) => format!("{n} epochs, 1 pass each"),
+        }),
+        ("lr", |c| format!("{:e}", c.lr)),
+    ];
+    let mut text = String::from("Presets (flags left out take these values):\n");
+    text += &format!("  {:<10} {:<20} {}\n", "", "cpu", "gpu");
+    for (name, value) in rows {
+        text += &format!("  {name:<10} {:<20} {}\n", value(&cpu), value(&gpu));
+    }
+    text += "\nThe cpu preset takes about 10 minutes on 2 CPU cores (ndarray, release build).\n\
+             An epoch is one pass over the data unless a step budget (--max-steps) sets its length.";
+    text
+}
+
+/// The preset named by `--preset`, or the one that suits the device, with the reason.
+fn choose_preset(args: &Args, device: &DeviceInfo) -> (&'static str, String) {
+    let backend = switch_moe::backend::NAME;
+    if let Some(name) = &args.preset {
+        let name = if name == "gpu" { "gpu" } else { "cpu" };
+        return (name, "chosen with --preset".into());
+    }
+    if device.kind.is_gpu() {
+        let why = format!(
+            "the {backend} device is a {}; --preset cpu for a short run",
+            device.kind.label()
+        );
+        return ("gpu", why);
+    }
+    let why = match (backend, device.kind) {
+        ("wgpu", DeviceKind::Cpu) => "the wgpu adapter runs on the CPU (a software driver such as \
+                                      lavapipe), where the gpu preset would take hours; --preset \
+                                      gpu to override"
+            .to_string(),
+        (_, DeviceKind::Cpu) => format!("{backend} computes on the CPU; --preset gpu to override"),
+        (_, kind) => format!(
+            "the {backend} device is of {} (not a known GPU); --preset gpu to override",
+            kind.label()
+        ),
+    };
+    ("cpu", why)
+}
+
+fn build_config(args: &Args, preset_name: &str) -> TrainingConfig {
+    let mut c = preset(preset_name);
     let enc = &mut c.model.encoder;
     macro_rules! set {
         ($flag:expr, $field:expr) => {
@@ -179,17 +262,96 @@ fn build_config(args: &Args) -> Result<TrainingConfig, switch_moe::Error> {
     if c.model.encoder.moe_every > c.model.encoder.n_layers && args.moe_every.is_none() {
         c.model.encoder.moe_every = c.model.encoder.n_layers; // e.g. --layers 1: make it sparse
     }
-    Ok(c)
+    c
 }
 
-fn run<B: AutodiffBackend>(args: Args, device: B::Device) -> Result<(), switch_moe::Error> {
+/// `host CPU (2 threads)`, or `llvmpipe (LLVM 15.0.7, 256 bits), a CPU (Vulkan, llvmpipe, ...)`.
+fn device_line(info: &DeviceInfo) -> String {
+    let mut line = info.name.clone();
+    if !info.name.contains(info.kind.label()) {
+        line += &format!(", a {}", info.kind.label());
+    }
+    if let Some(detail) = &info.detail {
+        line += &format!(" ({detail})");
+    }
+    line
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// The second half of the start block: what the run will do, once data and model are ready.
+fn print_plan(plan: &TrainPlan, config: &TrainingConfig) {
+    let enc = &config.model.encoder;
+    let moe = enc.moe();
+    println!(
+        "  model      {} parameters: d_model {}, d_ff {}, {} layers ({} sparse × {} experts, \
+         top-{}), {} heads, vocab {}",
+        thousands(plan.num_params),
+        moe.d_model,
+        moe.d_ff,
+        enc.n_layers,
+        plan.sparse_layers.len(),
+        moe.num_experts,
+        moe.top_k,
+        enc.layer.n_heads,
+        plan.vocab_size
+    );
+    println!(
+        "  data       {}: {} training / {} validation tokens",
+        plan.corpus.display(),
+        thousands(plan.split_tokens.0),
+        thousands(plan.split_tokens.1)
+    );
+    let epochs = plan.epochs.clone().count();
+    let epoch_is = if config.max_steps.is_some() {
+        format!(
+            "random batches, a step budget; one pass would be {} steps",
+            thousands(plan.steps_per_pass)
+        )
+    } else {
+        "one pass over the training windows".to_string()
+    };
+    println!(
+        "  plan       {} steps of {} tokens (batch {} × seq {}): {} epoch{} of {} steps ({epoch_is})",
+        thousands(plan.steps()),
+        thousands(plan.tokens_per_step()),
+        plan.batch_size,
+        plan.seq_len,
+        epochs,
+        if epochs == 1 { "" } else { "s" },
+        thousands(plan.steps_per_epoch),
+    );
+    println!(
+        "  artifacts  {} (model.txt lists the model's modules)",
+        plan.artifact_dir.display()
+    );
+    println!();
+}
+
+fn run<B: AutodiffBackend>(
+    args: Args,
+    device: B::Device,
+    info: &DeviceInfo,
+    autotune: Option<String>,
+) -> Result<(), switch_moe::Error> {
     let artifact_dir = args.artifact_dir.clone().unwrap_or_else(|| {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         PathBuf::from("artifacts").join(secs.to_string())
     });
-    let config = if args.resume {
+    let (config, preset_line) = if args.resume {
         let mut saved = TrainingConfig::load(artifact_dir.join("config.json")).map_err(|e| {
             switch_moe::Error::Checkpoint(format!(
                 "--resume: cannot read {}/config.json ({e}): pass the --artifact-dir of an earlier run",
@@ -199,10 +361,30 @@ fn run<B: AutodiffBackend>(args: Args, device: B::Device) -> Result<(), switch_m
         if let Some(epochs) = args.epochs {
             saved.num_epochs = epochs;
         }
-        saved
+        (
+            saved,
+            "none: --resume continues with the run's config.json".into(),
+        )
     } else {
-        build_config(&args)?
+        let (name, why) = choose_preset(&args, info);
+        (build_config(&args, name), format!("{name}, because {why}"))
     };
+    config.validate()?;
+
+    // The start block: what runs where, then (once the data and model are ready) the plan.
+    println!("switch-moe train");
+    let mut backend_line = switch_moe::backend::NAME.to_string();
+    if let Some(level) = autotune {
+        backend_line += &format!(" (cubecl autotune level {level}");
+        if let Some(dir) = switch_moe::backend::autotune_cache_dir() {
+            backend_line += &format!(", results cached in {}", dir.display());
+        }
+        backend_line += ")";
+    }
+    println!("  backend    {backend_line}");
+    println!("  device     {}", device_line(info));
+    println!("  preset     {preset_line}");
+
     let options = TrainOptions {
         artifact_dir: artifact_dir.clone(),
         data: args.data.clone(),
@@ -210,20 +392,17 @@ fn run<B: AutodiffBackend>(args: Args, device: B::Device) -> Result<(), switch_m
         resume: args.resume,
         plain_progress: args.plain.then_some(true),
     };
-    println!(
-        "backend: {}  artifacts: {}",
-        switch_moe::backend::NAME,
-        artifact_dir.display()
-    );
     let start = std::time::Instant::now();
-    let summary = train::<B>(config, &options, device.clone())?;
+    let shown = config.clone();
+    let summary = train_with_plan::<B>(config, &options, device.clone(), |plan| {
+        print_plan(plan, &shown)
+    })?;
+
     println!(
-        "trained {} parameters (vocab {}, {} train / {} valid tokens) in {:.1} min",
-        summary.num_params,
+        "\ntrained in {:.1} min ({} parameters, vocab {})",
+        start.elapsed().as_secs_f64() / 60.0,
+        thousands(summary.num_params),
         summary.vocab_size,
-        summary.split_tokens.0,
-        summary.split_tokens.1,
-        start.elapsed().as_secs_f64() / 60.0
     );
     for (epoch, loss) in summary.epochs.clone().zip(&summary.valid_loss) {
         println!(
@@ -232,15 +411,23 @@ fn run<B: AutodiffBackend>(args: Args, device: B::Device) -> Result<(), switch_m
         );
     }
     println!(
-        "model.mpk holds the weights of epoch {}",
+        "{} holds the weights of epoch {}",
+        artifact_dir.join("model.mpk").display(),
         summary.saved_epoch
     );
 
     let (model, tokenizer, _) = load_trained::<B::InnerBackend>(&artifact_dir, &device)?;
-    for (i, prompt) in ["ROMEO:", "First Citizen:\n", "The king"]
-        .iter()
-        .enumerate()
-    {
+    // Prompts for tiny-shakespeare; on another corpus a character tokenizer may lack their
+    // letters, and then the model's first token stands in.
+    let mut prompts: Vec<String> = ["ROMEO:", "First Citizen:\n", "The king"]
+        .into_iter()
+        .filter(|p| tokenizer.encode(p).is_ok())
+        .map(String::from)
+        .collect();
+    if prompts.is_empty() {
+        prompts.push(tokenizer.decode(&[0])?);
+    }
+    for (i, prompt) in prompts.iter().enumerate() {
         let sampling = SamplingConfig {
             length: 120,
             seed: i as u64,
@@ -268,6 +455,12 @@ fn flag_of(field: &str) -> Option<&'static str> {
         "eval_capacity_factor" => "--eval-capacity-factor",
         "aux_coef" => "--aux-coef",
         "z_coef" => "--z-coef",
+        "batch_size" => "--batch-size",
+        "num_epochs" => "--epochs",
+        "max_steps" => "--max-steps",
+        "patience" => "--patience",
+        "lr" => "--lr",
+        "seed" => "--seed",
         _ => return None,
     })
 }
@@ -288,12 +481,22 @@ fn describe(error: &switch_moe::Error) -> String {
     }
 }
 
+/// The arguments, with the presets' table at the end of `--help`.
+fn parse_args() -> Args {
+    let matches = Args::command().after_help(presets_help()).get_matches();
+    Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
     // CPU training allocates many large buffers per step; keep them in the heap (glibc).
     switch_moe::backend::keep_freed_memory();
-    let args = Args::parse();
+    let args = parse_args();
+    // SAFETY: no other thread has started yet (clap and mallopt start none).
+    let autotune = unsafe { switch_moe::backend::prefer_minimal_autotune() };
     let device = switch_moe::backend::default_device();
-    match run::<switch_moe::backend::SelectedAutodiff>(args, device) {
+    // Before the first tensor: with wgpu this is where the adapter is chosen.
+    let info = switch_moe::backend::describe_device(&device);
+    match run::<switch_moe::backend::SelectedAutodiff>(args, device, &info, autotune) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", describe(&e));

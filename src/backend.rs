@@ -13,6 +13,15 @@ mod selected {
     pub type Device = burn::backend::cuda::CudaDevice;
     /// Name for messages.
     pub const NAME: &str = "cuda";
+
+    /// A CUDA device is a GPU; its name would need a CUDA context, so the index stands in.
+    pub fn describe(device: &Device) -> super::DeviceInfo {
+        super::DeviceInfo {
+            name: format!("CUDA device {}", device.index),
+            kind: super::DeviceKind::DiscreteGpu,
+            detail: None,
+        }
+    }
 }
 
 #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
@@ -23,6 +32,46 @@ mod selected {
     pub type Device = burn::backend::wgpu::WgpuDevice;
     /// Name for messages.
     pub const NAME: &str = "wgpu";
+
+    /// Asks wgpu for the adapter behind `device`. Initialising the runtime with cubecl's
+    /// `init_setup` is the one way burn-wgpu 0.21 exposes the adapter; it does what the first
+    /// tensor would do (same graphics API, default options), once per device: the answer is
+    /// kept for later calls.
+    pub fn describe(device: &Device) -> super::DeviceInfo {
+        use std::sync::Mutex;
+
+        use burn::backend::wgpu::graphics::AutoGraphicsApi;
+        use burn::backend::wgpu::{RuntimeOptions, init_setup};
+
+        static DESCRIBED: Mutex<Vec<(Device, super::DeviceInfo)>> = Mutex::new(Vec::new());
+        let mut described = DESCRIBED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, info)) = described.iter().find(|(d, _)| d == device) {
+            return info.clone();
+        }
+        let setup = init_setup::<AutoGraphicsApi>(device, RuntimeOptions::default());
+        let adapter = setup.adapter.get_info();
+        // wgpu is not a direct dependency, so its `DeviceType` is matched by its Debug name.
+        let kind = match format!("{:?}", adapter.device_type).as_str() {
+            "Cpu" => super::DeviceKind::Cpu,
+            "DiscreteGpu" => super::DeviceKind::DiscreteGpu,
+            "IntegratedGpu" => super::DeviceKind::IntegratedGpu,
+            "VirtualGpu" => super::DeviceKind::VirtualGpu,
+            _ => super::DeviceKind::Other,
+        };
+        let api = format!("{:?}", adapter.backend);
+        let detail = [api.as_str(), &adapter.driver, &adapter.driver_info]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let info = super::DeviceInfo {
+            name: adapter.name.clone(),
+            kind,
+            detail: Some(detail),
+        };
+        described.push((device.clone(), info.clone()));
+        info
+    }
 }
 
 #[cfg(all(feature = "tch", not(any(feature = "wgpu", feature = "cuda"))))]
@@ -33,6 +82,26 @@ mod selected {
     pub type Device = burn::backend::libtorch::LibTorchDevice;
     /// Name for messages.
     pub const NAME: &str = "tch";
+
+    /// LibTorch's device enum says what it is.
+    pub fn describe(device: &Device) -> super::DeviceInfo {
+        use super::{DeviceInfo, DeviceKind};
+        let (name, kind) = match device {
+            Device::Cpu => (super::host_cpu().0, DeviceKind::Cpu),
+            Device::Cuda(i) => (format!("CUDA device {i}"), DeviceKind::DiscreteGpu),
+            Device::Mps => ("Apple GPU (MPS)".to_string(), DeviceKind::IntegratedGpu),
+            Device::Vulkan => ("Vulkan device".to_string(), DeviceKind::Other),
+        };
+        let threads = match device {
+            Device::Cpu => super::host_cpu().1.map(|t| format!(", {t}")),
+            _ => None,
+        };
+        DeviceInfo {
+            name,
+            kind,
+            detail: Some(format!("LibTorch{}", threads.unwrap_or_default())),
+        }
+    }
 }
 
 #[cfg(all(
@@ -46,9 +115,140 @@ mod selected {
     pub type Device = burn::backend::ndarray::NdArrayDevice;
     /// Name for messages.
     pub const NAME: &str = "ndarray";
+
+    /// ndarray always computes on the host CPU.
+    pub fn describe(_device: &Device) -> super::DeviceInfo {
+        let (name, detail) = super::host_cpu();
+        super::DeviceInfo {
+            name,
+            kind: super::DeviceKind::Cpu,
+            detail,
+        }
+    }
 }
 
 pub use selected::{Backend as SelectedBackend, Device as SelectedDevice, NAME};
+
+/// What kind of processor a device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// The host CPU, or a driver that runs on it (wgpu on Mesa's lavapipe/llvmpipe).
+    Cpu,
+    /// A discrete GPU.
+    DiscreteGpu,
+    /// A GPU sharing memory with the CPU.
+    IntegratedGpu,
+    /// A virtualised GPU.
+    VirtualGpu,
+    /// Anything the backend does not classify.
+    Other,
+}
+
+impl DeviceKind {
+    /// `CPU`, `discrete GPU`, ... for messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Cpu => "CPU",
+            Self::DiscreteGpu => "discrete GPU",
+            Self::IntegratedGpu => "integrated GPU",
+            Self::VirtualGpu => "virtual GPU",
+            Self::Other => "unknown kind",
+        }
+    }
+
+    /// Whether it is a GPU of any kind.
+    pub fn is_gpu(self) -> bool {
+        matches!(
+            self,
+            Self::DiscreteGpu | Self::IntegratedGpu | Self::VirtualGpu
+        )
+    }
+}
+
+/// A device as a program reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The adapter or device name, e.g. `NVIDIA GeForce RTX 4090` or `llvmpipe (LLVM 15.0.7,
+    /// 256 bits)`.
+    pub name: String,
+    /// What kind of processor it is.
+    pub kind: DeviceKind,
+    /// Graphics API and driver, where the backend says (wgpu: `Vulkan, llvmpipe Mesa 23.2.1`).
+    pub detail: Option<String>,
+}
+
+/// Describes `device` of the selected backend: its name and whether it is a CPU or a GPU.
+///
+/// # Panics
+///
+/// With wgpu this initialises the wgpu runtime on `device` (the adapter is known only then), so
+/// the first call for a device must come before its first tensor: cubecl refuses to initialise a
+/// device twice. Later calls return the first answer. Without a usable adapter, wgpu panics here
+/// as it would at the first tensor.
+pub fn describe_device(device: &SelectedDevice) -> DeviceInfo {
+    selected::describe(device)
+}
+
+/// The host CPU: `("host CPU", "8 threads")`.
+#[cfg_attr(any(feature = "wgpu", feature = "cuda"), allow(dead_code))] // ndarray and tch use it
+fn host_cpu() -> (String, Option<String>) {
+    let threads = std::thread::available_parallelism().map(|n| format!("{n} threads"));
+    ("host CPU".to_string(), threads.ok())
+}
+
+/// The environment variable that sets cubecl's autotune level (wgpu, cuda).
+pub const AUTOTUNE_LEVEL_ENV: &str = "CUBECL_AUTOTUNE_LEVEL";
+
+/// Makes cubecl's autotune level `minimal` unless `CUBECL_AUTOTUNE_LEVEL` is set, and returns the
+/// level in effect; `None` for backends without autotune (ndarray, tch).
+///
+/// Why: cubecl benchmarks every candidate kernel of an operation the first time it meets a shape
+/// "anchor" (a power of 2 at the default level, of 2.5 at `minimal`, so fewer distinct shapes
+/// are tuned). A training run has few shapes, but validation's last batch and generation's
+/// growing prompts add more, and on a CPU adapter (lavapipe) each tuning takes minutes. 0.10 has
+/// no switch that skips tuning; the level, read once from this variable or a `cubecl.toml`, is
+/// the knob. Results are cached in [`autotune_cache_dir`] and reused by later runs.
+///
+/// # Safety
+///
+/// Sets an environment variable: call at the start of `main`, before any other thread exists
+/// (see [`std::env::set_var`]).
+pub unsafe fn prefer_minimal_autotune() -> Option<String> {
+    if !matches!(NAME, "wgpu" | "cuda") {
+        return None;
+    }
+    match std::env::var(AUTOTUNE_LEVEL_ENV) {
+        Ok(level) => Some(level),
+        Err(_) => {
+            // SAFETY: the caller guarantees that no other thread exists yet.
+            unsafe { std::env::set_var(AUTOTUNE_LEVEL_ENV, "minimal") };
+            Some("minimal".to_string())
+        }
+    }
+}
+
+/// Where cubecl keeps its autotune results by default: `target/autotune` of the nearest
+/// directory above the working directory that holds a `Cargo.toml` (in a clone of this crate:
+/// its `target/`, whatever `CARGO_TARGET_DIR` says), else the user's cache directory.
+/// `None` for backends without autotune.
+pub fn autotune_cache_dir() -> Option<std::path::PathBuf> {
+    if !matches!(NAME, "wgpu" | "cuda") {
+        return None;
+    }
+    let cwd = std::env::current_dir().ok()?;
+    let project = cwd.ancestors().find(|d| d.join("Cargo.toml").is_file());
+    match project {
+        Some(dir) => Some(dir.join("target").join("autotune")),
+        None => {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(std::path::PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache"))
+                })?;
+            Some(cache.join("cubecl").join("autotune"))
+        }
+    }
+}
 
 /// The selected backend with automatic differentiation, for training.
 pub type SelectedAutodiff = burn::backend::Autodiff<SelectedBackend>;

@@ -1,5 +1,8 @@
-//! Bad input to the `train` and `generate` examples: a one-paragraph error that names the file or
-//! flag, a non-zero exit code, no panic, and nothing in the artifact directory overwritten.
+//! The `train`, `generate` and `embed` programs as a user meets them: `--help` says what each
+//! does (train's lists both presets), a run starts with one block saying what it will do and
+//! shows progress with speed and time left; bad input gives a one-paragraph error that names the
+//! file or flag, a non-zero exit code, no panic, and nothing in the artifact directory
+//! overwritten.
 
 mod common;
 
@@ -85,6 +88,114 @@ fn file_with(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     path
+}
+
+fn help(program: &str) -> String {
+    let out = Command::new(example(program))
+        .arg("--help")
+        .output()
+        .expect("the examples are built by cargo test");
+    assert!(out.status.success(), "{program} --help failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn help_says_what_each_program_does_and_lists_the_presets() {
+    let train = help("train");
+    assert!(train.contains("language model"), "{train}");
+    let row = |name: &str| {
+        train
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no {name:?} row in the presets table:\n{train}"))
+            .to_string()
+    };
+    // cpu and gpu values side by side.
+    for (name, cpu, gpu) in [
+        ("d_model", "128", "384"),
+        ("d_ff", "512", "1536"),
+        ("layers", "4", "6"),
+        ("heads", "4", "6"),
+        ("experts", "8", "8"),
+        ("seq len", "128", "256"),
+        ("batch", "32", "64"),
+        ("steps", "500", "5 epochs"),
+        ("lr", "2e-3", "1e-3"),
+    ] {
+        let line = row(name);
+        let (at_cpu, at_gpu) = (line.find(cpu), line.rfind(gpu));
+        assert!(
+            matches!((at_cpu, at_gpu), (Some(c), Some(g)) if c < g || cpu == gpu),
+            "{name}: expected cpu {cpu} then gpu {gpu} in {line:?}"
+        );
+    }
+    // What an epoch is under a step budget.
+    assert!(train.contains("one pass"), "{train}");
+    assert!(help("generate").contains("Sample text"));
+    assert!(help("embed").contains("SwitchEncoderLayer"));
+}
+
+#[test]
+fn a_run_says_what_it_does_and_shows_speed_and_time_left() {
+    let dir = scratch("start-block");
+    let data = file_with(
+        &dir,
+        "corpus.txt",
+        "Friends, Romans, countrymen, lend me your ears.\n"
+            .repeat(80)
+            .as_bytes(),
+    );
+    let run = dir.join("run");
+    let out = Command::new(example("train"))
+        .args(TINY)
+        .args(["--data", data.to_str().unwrap()])
+        .args(["--artifact-dir", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The start block, before any progress line.
+    let block: String = stdout
+        .lines()
+        .take_while(|l| !l.starts_with('['))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in [
+        "backend",
+        "device",
+        "preset",
+        "parameters",
+        "2 steps",
+        "tokens",
+        run.to_str().unwrap(),
+    ] {
+        assert!(
+            block.contains(needle),
+            "start block lacks {needle:?}:\n{block}"
+        );
+    }
+    // The last training line has a speed and an ETA; validation shows the epoch's mean.
+    let train_line = stdout
+        .lines()
+        .rfind(|l| l.starts_with("[train]"))
+        .unwrap_or_else(|| panic!("no progress line:\n{stdout}"));
+    for needle in ["step 2/2", "tok/s", "ETA", "Loss"] {
+        assert!(train_line.contains(needle), "{needle:?} in {train_line:?}");
+    }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("[valid]") && l.contains("mean over") && l.contains("Loss")),
+        "{stdout}"
+    );
+    // The model's module dump is a file, not part of the output.
+    assert!(!stdout.contains("token_embedding"), "{stdout}");
+    let model_txt = std::fs::read_to_string(run.join("model.txt")).unwrap();
+    assert!(model_txt.contains("token_embedding"), "{model_txt}");
 }
 
 #[test]
@@ -195,8 +306,8 @@ fn invalid_flag_values_name_the_flag() {
             .as_bytes(),
     );
     let run = dir.join("run");
-    // `--preset cpu`: without it the wgpu backend picks the gpu preset (d_model 384, where
-    // `--heads 3` is valid).
+    // `--preset cpu`: without it a GPU gets the gpu preset (d_model 384, where `--heads 3` is
+    // valid).
     let base = [
         "--data",
         data.to_str().unwrap(),

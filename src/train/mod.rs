@@ -1,7 +1,10 @@
-//! Training a [`SwitchLm`](crate::SwitchLm) with burn-train's Learner: the train/inference steps,
-//! routing metrics, the learning-rate schedule, progress output and the run itself.
+//! Training a [`SwitchLm`](crate::SwitchLm) with burn-train's Learner: the run's config, its
+//! artifact directory, the train/inference steps, metrics, the learning-rate schedule, progress
+//! output and the run itself.
 
+mod artifacts;
 pub mod atomic;
+mod config;
 mod guard;
 mod loader;
 mod logger;
@@ -11,14 +14,13 @@ mod run;
 mod schedule;
 mod step;
 
+pub use artifacts::{ArtifactDir, epoch_metric, load_trained};
+pub use config::{TokenizerKind, TrainingConfig};
 pub use guard::{Alarm, AlarmKind, Alarms, CollapsePolicy, HealthConfig, RunGuard};
 pub use loader::{EpochLoader, EpochOrder, epoch_seed};
 pub use logger::ResumeAwareLogger;
 pub use metrics::{LmMetric, LmMetricKind};
 pub use renderer::PlainRenderer;
-pub use run::{
-    ArtifactDir, TokenizerKind, TrainOptions, TrainSummary, TrainingConfig, epoch_metric,
-    load_trained, train,
-};
+pub use run::{TrainOptions, TrainPlan, TrainSummary, train, train_with_plan};
 pub use schedule::WarmupCosineLr;
 pub use step::LmStats;

@@ -1,7 +1,13 @@
 //! Plain progress lines for when stdout is not a terminal (CI, pipes, log files), where the
-//! burn-train dashboard cannot draw: a line every few percent of an epoch and one per validation.
+//! burn-train dashboard cannot draw: a line at the first step, every few percent of an epoch and
+//! at least every half minute, with speed and the time left; one line per validation.
+//!
+//! burn-train hands a renderer each batch's value of a metric (with its token count); the lines
+//! show token-weighted means over the batches since the previous line (training) or over the whole
+//! validation epoch, which is the value checkpoint selection and early stopping use.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use burn::train::metric::{MetricDefinition, MetricId, NumericEntry};
 use burn::train::renderer::{
@@ -19,81 +25,225 @@ const SHOWN: [&str; 6] = [
     "Learning Rate",
 ];
 
-/// Prints progress as plain lines on stdout.
-pub struct PlainRenderer {
-    names: HashMap<MetricId, String>,
-    train: HashMap<String, f64>,
-    valid: HashMap<String, f64>,
-    lines_per_epoch: usize,
-    last_bucket: Option<(usize, usize)>,
+/// The longest silence between two training lines.
+const MAX_SILENCE: Duration = Duration::from_secs(30);
+
+/// Token-weighted means of the metrics over a span of batches.
+#[derive(Default)]
+struct Means {
+    /// Per metric: Σ value·count, Σ count, the latest value.
+    sums: HashMap<String, (f64, f64, f64)>,
 }
 
-impl PlainRenderer {
-    /// About `lines_per_epoch` training lines per epoch.
-    pub fn new(lines_per_epoch: usize) -> Self {
-        Self {
-            names: HashMap::new(),
-            train: HashMap::new(),
-            valid: HashMap::new(),
-            lines_per_epoch: lines_per_epoch.max(1),
-            last_bucket: None,
-        }
+impl Means {
+    fn add(&mut self, name: &str, entry: &NumericEntry) {
+        let (value, count) = match entry {
+            NumericEntry::Value(v) => (*v, 1.0),
+            NumericEntry::Aggregated {
+                aggregated_value,
+                count,
+            } => (*aggregated_value, *count as f64),
+        };
+        let sum = self.sums.entry(name.to_string()).or_default();
+        sum.0 += value * count;
+        sum.1 += count;
+        sum.2 = value;
     }
 
-    fn record(&self, values: &mut HashMap<String, f64>, state: MetricState) {
-        if let MetricState::Numeric(entry, numeric) = state {
-            let value = match numeric {
-                NumericEntry::Value(v) => v,
-                NumericEntry::Aggregated {
-                    aggregated_value, ..
-                } => aggregated_value,
-            };
-            if let Some(name) = self.names.get(&entry.metric_id) {
-                values.insert(name.clone(), value);
-            }
+    /// The mean of `name` (the latest value for the learning rate, which is a setting).
+    fn get(&self, name: &str) -> Option<f64> {
+        let (sum, count, last) = self.sums.get(name)?;
+        if name == "Learning Rate" || *count == 0.0 {
+            return Some(*last);
         }
+        Some(sum / count)
     }
 
-    fn line(values: &HashMap<String, f64>) -> String {
+    /// The tokens (counts) behind the loss.
+    fn tokens(&self) -> f64 {
+        self.sums.get("Loss").map_or(0.0, |s| s.1)
+    }
+
+    fn line(&self) -> String {
         SHOWN
             .iter()
-            .filter_map(|name| values.get(*name).map(|v| format!("{name} {v:.4}")))
+            .filter_map(|name| {
+                let v = self.get(name)?;
+                Some(format!("{name} {}", value(name, v)))
+            })
             .collect::<Vec<_>>()
             .join("  ")
     }
 }
 
+/// The run's shape, for speed and time left.
+#[derive(Clone, Copy)]
+struct RunShape {
+    steps_per_epoch: usize,
+    tokens_per_step: usize,
+}
+
+/// Prints progress as plain lines on stdout.
+///
+/// A training line: `[train] epoch 1/2  step 50/500 (10%)  1.9 steps/s  7.8k tok/s  ETA 3m58s
+/// Loss 5.1234 ...` (speed and ETA with [`with_run`](Self::with_run); the speed is the mean since
+/// the first step of this run, validation included, so the ETA covers the validations to come).
+/// A validation line: `[valid] epoch 1/2  mean over 49.4k tokens: Loss 4.8765 ...`.
+pub struct PlainRenderer {
+    names: HashMap<MetricId, String>,
+    train: Means,
+    valid: Means,
+    lines_per_epoch: usize,
+    last_bucket: Option<(usize, usize)>,
+    shape: Option<RunShape>,
+    /// When the renderer was made (just before the Learner starts).
+    created: Instant,
+    /// When the first step of this run was seen, and its global step number.
+    first_step: Option<(Instant, usize)>,
+    last_line: Option<Instant>,
+}
+
+impl PlainRenderer {
+    /// About `lines_per_epoch` training lines per epoch (more when steps are slow).
+    pub fn new(lines_per_epoch: usize) -> Self {
+        Self {
+            names: HashMap::new(),
+            train: Means::default(),
+            valid: Means::default(),
+            lines_per_epoch: lines_per_epoch.max(1),
+            last_bucket: None,
+            shape: None,
+            created: Instant::now(),
+            first_step: None,
+            last_line: None,
+        }
+    }
+
+    /// Adds steps/s, tokens/s and the time left to the training lines: the run has
+    /// `steps_per_epoch` optimiser steps per epoch of `tokens_per_step` tokens each.
+    pub fn with_run(mut self, steps_per_epoch: usize, tokens_per_step: usize) -> Self {
+        self.shape = Some(RunShape {
+            steps_per_epoch: steps_per_epoch.max(1),
+            tokens_per_step,
+        });
+        self
+    }
+
+    fn name(&self, state: &MetricState) -> Option<(String, NumericEntry)> {
+        match state {
+            MetricState::Numeric(entry, numeric) => {
+                Some((self.names.get(&entry.metric_id)?.clone(), numeric.clone()))
+            }
+            MetricState::Generic(_) => None,
+        }
+    }
+
+    /// `step 50/500 (10%)  1.9 steps/s  7.8k tok/s  ETA 3m58s`, or the epoch's percentage
+    /// without a run shape.
+    fn speed(&mut self, item: &TrainingProgress, items_percent: usize) -> String {
+        let iteration = item.iteration.unwrap_or(0);
+        let Some(shape) = self.shape else {
+            return format!("{items_percent:>3}%  iter {iteration}");
+        };
+        let epoch = item.global_progress.items_processed.max(1);
+        let step = (epoch - 1) * shape.steps_per_epoch + iteration;
+        let total = item.global_progress.items_total * shape.steps_per_epoch;
+        let now = Instant::now();
+        let (start, first) = *self.first_step.get_or_insert((now, step));
+        let mut text = format!("step {step}/{total} ({}%)", step * 100 / total.max(1));
+        let elapsed = now.duration_since(start).as_secs_f64();
+        if step > first && elapsed > 0.0 {
+            let rate = (step - first) as f64 / elapsed;
+            let eta = total.saturating_sub(step) as f64 / rate;
+            text += &format!(
+                "  {}  {} tok/s  ETA {}",
+                steps_per_second(rate),
+                si(rate * shape.tokens_per_step as f64),
+                duration(eta)
+            );
+        } else {
+            let since = now.duration_since(self.created).as_secs_f64();
+            text += &format!("  first step after {}", duration(since));
+        }
+        text
+    }
+}
+
+/// `1.92 steps/s`, or `4.0 s/step` when slower than one step per second.
+fn steps_per_second(rate: f64) -> String {
+    if rate >= 1.0 {
+        format!("{rate:.2} steps/s")
+    } else {
+        format!("{:.1} s/step", 1.0 / rate)
+    }
+}
+
+/// A metric's value with about five significant digits (the learning rate in e-notation).
+fn value(name: &str, v: f64) -> String {
+    match v.abs() {
+        _ if name == "Learning Rate" => format!("{v:.2e}"),
+        a if a >= 1000.0 => format!("{v:.0}"),
+        a if a >= 100.0 => format!("{v:.1}"),
+        a if a >= 10.0 => format!("{v:.3}"),
+        _ => format!("{v:.4}"),
+    }
+}
+
+/// 7800 → `7.8k`.
+fn si(x: f64) -> String {
+    match x {
+        x if x >= 1e6 => format!("{:.1}M", x / 1e6),
+        x if x >= 1e3 => format!("{:.1}k", x / 1e3),
+        x => format!("{x:.0}"),
+    }
+}
+
+/// Seconds → `1h02m`, `3m58s` or `42s`.
+fn duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match s {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
 impl MetricsRendererTraining for PlainRenderer {
     fn update_train(&mut self, state: MetricState) {
-        let mut values = std::mem::take(&mut self.train);
-        self.record(&mut values, state);
-        self.train = values;
+        if let Some((name, entry)) = self.name(&state) {
+            self.train.add(&name, &entry);
+        }
     }
 
     fn update_valid(&mut self, state: MetricState) {
-        let mut values = std::mem::take(&mut self.valid);
-        self.record(&mut values, state);
-        self.valid = values;
+        if let Some((name, entry)) = self.name(&state) {
+            self.valid.add(&name, &entry);
+        }
     }
 
     fn render_train(&mut self, item: TrainingProgress, _: Vec<ProgressType>) {
-        let Some(progress) = item.progress else {
+        let Some(progress) = &item.progress else {
             return;
         };
         let epoch = item.global_progress.items_processed;
         let total = progress.items_total.max(1);
         let bucket = progress.items_processed * self.lines_per_epoch / total;
-        if self.last_bucket == Some((epoch, bucket)) && progress.items_processed < total {
+        let first = self.last_line.is_none();
+        let silent_too_long = self.last_line.is_some_and(|t| t.elapsed() >= MAX_SILENCE);
+        let new_bucket = self.last_bucket != Some((epoch, bucket));
+        let epoch_end = progress.items_processed >= total;
+        if !(first || new_bucket || silent_too_long || epoch_end) {
             return;
         }
         self.last_bucket = Some((epoch, bucket));
+        self.last_line = Some(Instant::now());
+        let speed = self.speed(&item, progress.items_processed * 100 / total);
         println!(
-            "[train] epoch {epoch}/{} {:>3}%  iter {}  {}",
+            "[train] epoch {epoch}/{}  {speed}  {}",
             item.global_progress.items_total,
-            progress.items_processed * 100 / total,
-            item.iteration.unwrap_or(0),
-            Self::line(&self.train)
+            self.train.line()
         );
+        self.train = Means::default();
     }
 
     fn render_valid(&mut self, item: TrainingProgress, _: Vec<ProgressType>) {
@@ -102,11 +252,13 @@ impl MetricsRendererTraining for PlainRenderer {
         };
         if progress.items_processed >= progress.items_total {
             println!(
-                "[valid] epoch {}/{}  {}",
+                "[valid] epoch {}/{}  mean over {} tokens: {}",
                 item.global_progress.items_processed,
                 item.global_progress.items_total,
-                Self::line(&self.valid)
+                si(self.valid.tokens()),
+                self.valid.line()
             );
+            self.valid = Means::default();
         }
     }
 }
@@ -122,5 +274,40 @@ impl MetricsRenderer for PlainRenderer {
 
     fn register_metric(&mut self, definition: MetricDefinition) {
         self.names.insert(definition.metric_id, definition.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn means_are_token_weighted() {
+        let mut m = Means::default();
+        let batch = |v: f64, n: usize| NumericEntry::Aggregated {
+            aggregated_value: v,
+            count: n,
+        };
+        m.add("Loss", &batch(2.0, 100));
+        m.add("Loss", &batch(4.0, 300));
+        m.add("Learning Rate", &NumericEntry::Value(1e-3));
+        m.add("Learning Rate", &NumericEntry::Value(2e-3));
+        assert_eq!(m.get("Loss"), Some(3.5));
+        assert_eq!(m.tokens(), 400.0);
+        assert_eq!(m.get("Learning Rate"), Some(2e-3), "the latest, not a mean");
+        assert_eq!(m.line(), "Loss 3.5000  Learning Rate 2.00e-3");
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(duration(42.4), "42s");
+        assert_eq!(duration(238.0), "3m58s");
+        assert_eq!(duration(3720.0), "1h02m");
+        assert_eq!(si(7812.0), "7.8k");
+        assert_eq!(value("Perplexity", 1204.61), "1205");
+        assert_eq!(value("Perplexity", 303.538), "303.5");
+        assert_eq!(value("Loss", 5.71481), "5.7148");
+        assert_eq!(steps_per_second(1.923), "1.92 steps/s");
+        assert_eq!(steps_per_second(0.25), "4.0 s/step");
     }
 }

@@ -1,22 +1,28 @@
-//! A whole training run, top to bottom: config → data → tokenizer → model → Learner → fit →
-//! save. The `train` example is a command-line front end to [`train`].
+//! A whole training run, top to bottom: check the directory → data and tokenizer → loaders →
+//! model, optimiser and schedule → the plan (reported to the caller) → Learner → fit → save.
+//! The `train` example is a command-line front end to [`train_with_plan`].
 
-use std::path::{Path, PathBuf};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
 
 use burn::config::Config;
-use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::Dataset;
 use burn::data::dataset::transform::SamplerDataset;
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::AdamWConfig;
-use burn::record::{DefaultRecorder, Recorder};
+use burn::module::Module;
+use burn::optim::{AdamWConfig, Optimizer};
+use burn::record::DefaultRecorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor};
 use burn::train::metric::LearningRateMetric;
 use burn::train::metric::store::{Aggregate, Direction, Split};
-use burn::train::{Learner, MetricEarlyStoppingStrategy, StoppingCondition, SupervisedTraining};
+use burn::train::{
+    Learner, LearningComponentsMarker, MetricEarlyStoppingStrategy, StoppingCondition,
+    SupervisedTraining,
+};
 
+use super::artifacts::{ArtifactDir, check_start, epoch_metric, load_checked};
+use super::config::{TokenizerKind, TrainingConfig};
 use super::logger::ResumeAwareLogger;
 use super::metrics::{LmMetric, LmMetricKind};
 use super::renderer::PlainRenderer;
@@ -24,176 +30,66 @@ use super::schedule::WarmupCosineLr;
 use crate::Result as MoeResult;
 use crate::data::{LmBatcher, TextTokenizer, TokenWindows, load_corpus};
 use crate::error::Error;
-use crate::lm::{SwitchLm, SwitchLmConfig};
-use crate::metrics::{ROUTING_CSV, RoutingCsvMetric, routing_metrics};
+use crate::lm::{LmBatch, SwitchLm};
+use crate::metrics::{RoutingCsvMetric, routing_metrics};
 
-/// How the run gets its tokenizer.
-#[derive(Config, Debug, PartialEq)]
-pub enum TokenizerKind {
-    /// Byte-level BPE trained on the training split.
-    Bpe {
-        /// Vocabulary size (256 bytes + merges).
-        vocab_size: usize,
-    },
-    /// One token per character of the corpus.
-    Char,
-    /// Loaded from a `tokenizer.json` given on the command line.
-    File,
-}
-
-/// Everything that defines a training run; saved as `config.json` in the artifact directory.
-#[derive(Config, Debug)]
-pub struct TrainingConfig {
-    /// The model (its `vocab_size` is set from the tokenizer; `max_seq_len` is the window).
-    pub model: SwitchLmConfig,
-    /// The tokenizer.
-    pub tokenizer: TokenizerKind,
-    /// Windows per batch.
-    #[config(default = 32)]
-    pub batch_size: usize,
-    /// Epochs; one epoch is one pass over the training windows (or `max_steps / num_epochs`
-    /// random windows when `max_steps` is set).
-    #[config(default = 1)]
-    pub num_epochs: usize,
-    /// A step budget for quick runs: training stops after this many optimiser steps.
-    pub max_steps: Option<usize>,
-    /// Peak learning rate (AdamW).
-    #[config(default = 3e-3)]
-    pub lr: f64,
-    /// Final learning rate of the cosine, as a fraction of `lr`.
-    #[config(default = 0.1)]
-    pub min_lr_ratio: f64,
-    /// Linear warm-up steps.
-    #[config(default = 50)]
-    pub warmup_steps: usize,
-    /// AdamW weight decay.
-    #[config(default = 0.01)]
-    pub weight_decay: f64,
-    /// Gradient clipping by global norm.
-    #[config(default = 1.0)]
-    pub grad_clip: f64,
-    /// Share of the corpus (its tail) held out for validation.
-    #[config(default = 0.1)]
-    pub valid_fraction: f64,
-    /// Seed of initialisation and shuffling.
-    #[config(default = 42)]
-    pub seed: u64,
-    /// Early stopping: stop once the validation loss has not improved for this many epochs, and
-    /// save the best epoch's weights as `model.mpk`. None (default): train every epoch.
-    pub patience: Option<usize>,
-}
-
-impl TrainingConfig {
-    /// The window length S.
-    pub fn seq_len(&self) -> usize {
-        self.model.max_seq_len
-    }
-
-    /// Checks the run settings and the model; errors name the flag to change.
-    pub fn validate(&self) -> MoeResult<()> {
-        let flag = |flag: &'static str, message: String| Err(Error::Flag { flag, message });
-        if self.batch_size == 0 {
-            return flag("--batch-size", "must be at least 1".into());
-        }
-        if self.num_epochs == 0 {
-            return flag("--epochs", "must be at least 1".into());
-        }
-        if self.patience == Some(0) {
-            return flag("--patience", "must be at least 1 epoch".into());
-        }
-        if self.max_steps == Some(0) {
-            return flag("--max-steps", "must be at least 1".into());
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return flag(
-                "--lr",
-                format!("{} is not a positive learning rate", self.lr),
-            );
-        }
-        if !(self.valid_fraction > 0.0 && self.valid_fraction < 1.0) {
-            return flag(
-                "--valid-fraction",
-                format!("{} must lie strictly between 0 and 1", self.valid_fraction),
-            );
-        }
-        if self.model.max_seq_len < 2 {
-            return flag(
-                "--seq-len",
-                format!("{} is too short: use at least 2", self.model.max_seq_len),
-            );
-        }
-        if let TokenizerKind::Bpe { vocab_size } = self.tokenizer
-            && vocab_size < 257
-        {
-            return flag(
-                "--vocab-size",
-                format!(
-                    "{vocab_size} is too small for a byte-level BPE: use at least 257, or --char"
-                ),
-            );
-        }
-        // vocab_size 0 means "set from the tokenizer" (checked again once it is known).
-        let mut model = self.model.clone();
-        model.vocab_size = model.vocab_size.max(1);
-        model.validate()
-    }
-}
+/// burn-train's components of a run: the backend, our schedule and model, optimiser `O`.
+type Components<B, O> = LearningComponentsMarker<B, WarmupCosineLr, SwitchLm<B>, O>;
 
 /// Where things go, besides the training config.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
     /// The run's artifact directory.
     pub artifact_dir: PathBuf,
-    /// Corpus file or directory (`--data`); `None`: `$SWITCH_MOE_DATA` or tiny-shakespeare.
+    /// Corpus file or directory; `None`: `$SWITCH_MOE_DATA` or tiny-shakespeare.
     pub data: Option<PathBuf>,
-    /// A `tokenizer.json` to use instead of training one (`--tokenizer`).
+    /// A `tokenizer.json` to use instead of training one.
     pub tokenizer_file: Option<PathBuf>,
-    /// Continue from the last checkpoint in `artifact_dir` (`--resume`).
+    /// Continue from the last checkpoint in `artifact_dir`.
     pub resume: bool,
     /// Plain progress lines (`Some(true)`), the dashboard (`Some(false)`), or the dashboard only
     /// when stdout is a terminal (`None`).
     pub plain_progress: Option<bool>,
 }
 
-/// The files of a run.
+/// What a run is about to do, known once the data is tokenized and the model built: handed to
+/// the caller of [`train_with_plan`] before the first step, so that a program can say it.
 #[derive(Debug, Clone)]
-pub struct ArtifactDir(pub PathBuf);
+pub struct TrainPlan {
+    /// The artifact directory.
+    pub artifact_dir: PathBuf,
+    /// The corpus file or directory read (after a download: the cached file).
+    pub corpus: PathBuf,
+    /// Model parameters.
+    pub num_params: usize,
+    /// Tokenizer vocabulary size.
+    pub vocab_size: usize,
+    /// Tokens in the training and validation splits.
+    pub split_tokens: (usize, usize),
+    /// Windows per batch.
+    pub batch_size: usize,
+    /// Tokens per window.
+    pub seq_len: usize,
+    /// The epochs this call trains (after a resume: those after the checkpoint).
+    pub epochs: RangeInclusive<usize>,
+    /// Optimiser steps per epoch.
+    pub steps_per_epoch: usize,
+    /// Steps of one pass over the training windows; differs from `steps_per_epoch` when a step
+    /// budget (`max_steps`) sets the epoch length.
+    pub steps_per_pass: usize,
+    /// The sparse (MoE) layers, 0-based.
+    pub sparse_layers: Vec<usize>,
+}
 
-impl ArtifactDir {
-    /// `config.json`.
-    pub fn config(&self) -> PathBuf {
-        self.0.join("config.json")
-    }
-    /// `tokenizer.json`.
-    pub fn tokenizer(&self) -> PathBuf {
-        self.0.join("tokenizer.json")
-    }
-    /// The Learner's checkpoint directory.
-    pub fn checkpoints(&self) -> PathBuf {
-        self.0.join("checkpoint")
-    }
-    /// The final model, without extension (the recorder adds `.mpk`).
-    pub fn model(&self) -> PathBuf {
-        self.0.join("model")
-    }
-    /// `routing.csv`.
-    pub fn routing_csv(&self) -> PathBuf {
-        self.0.join(ROUTING_CSV)
+impl TrainPlan {
+    /// Tokens per optimiser step (batch × window).
+    pub fn tokens_per_step(&self) -> usize {
+        self.batch_size * self.seq_len
     }
 
-    /// The epoch of the newest `checkpoint/model-<epoch>.mpk`.
-    pub fn last_checkpoint(&self) -> Option<usize> {
-        std::fs::read_dir(self.checkpoints())
-            .ok()?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_prefix("model-")?
-                    .strip_suffix(".mpk")?
-                    .parse()
-                    .ok()
-            })
-            .max()
+    /// Optimiser steps this call runs.
+    pub fn steps(&self) -> usize {
+        self.steps_per_epoch * self.epochs.clone().count()
     }
 }
 
@@ -203,7 +99,7 @@ pub struct TrainSummary {
     /// The artifact directory.
     pub artifact_dir: PathBuf,
     /// Epochs trained in this call (after a resume: the epochs after the checkpoint).
-    pub epochs: std::ops::RangeInclusive<usize>,
+    pub epochs: RangeInclusive<usize>,
     /// Validation loss (cross-entropy) of each epoch trained in this call.
     pub valid_loss: Vec<f64>,
     /// The epoch whose weights `model.mpk` holds: the last one, or with `patience` the best.
@@ -216,51 +112,107 @@ pub struct TrainSummary {
     pub split_tokens: (usize, usize),
 }
 
-/// The token-weighted epoch value of a logged metric, e.g. `epoch_metric(dir, "valid", 2, "Loss")`.
-pub fn epoch_metric(dir: &Path, split: &str, epoch: usize, name: &str) -> Option<f64> {
-    let file = dir
-        .join(split)
-        .join(format!("epoch-{epoch}"))
-        .join(format!("{}.log", name.replace(' ', "_")));
-    let text = std::fs::read_to_string(file).ok()?;
-    let (mut sum, mut count) = (0.0, 0.0);
-    for line in text.lines() {
-        let mut parts = line.split(',');
-        let value: f64 = parts.next()?.parse().ok()?;
-        let n: f64 = parts.next().and_then(|c| c.parse().ok()).unwrap_or(1.0);
-        sum += value * n;
-        count += n;
-    }
-    (count > 0.0).then(|| sum / count)
-}
-
-/// Trains a Switch language model with burn-train's Learner.
-///
-/// A fresh run refuses an artifact directory that already holds a run; `--resume` needs one with a
-/// checkpoint and the same model config. Nothing in the directory is overwritten before the
-/// inputs have been checked.
+/// Trains a Switch language model with burn-train's Learner; see [`train_with_plan`].
 pub fn train<B: AutodiffBackend>(
-    mut config: TrainingConfig,
+    config: TrainingConfig,
     options: &TrainOptions,
     device: B::Device,
 ) -> MoeResult<TrainSummary> {
+    train_with_plan::<B>(config, options, device, |_| ())
+}
+
+/// Trains a Switch language model with burn-train's Learner, calling `on_plan` once the data,
+/// tokenizer and model are ready and before the first step.
+///
+/// A fresh run refuses an artifact directory that already holds a run; a resumed one needs a
+/// checkpoint and the same model config. Nothing in the directory is written before the inputs
+/// have been checked.
+pub fn train_with_plan<B: AutodiffBackend>(
+    mut config: TrainingConfig,
+    options: &TrainOptions,
+    device: B::Device,
+    on_plan: impl FnOnce(&TrainPlan),
+) -> MoeResult<TrainSummary> {
     config.validate()?;
     let dir = ArtifactDir(options.artifact_dir.clone());
-    let resume_from = if options.resume {
-        Some(check_resumable::<B::InnerBackend>(&dir, &config, &device)?)
-    } else {
-        if dir.config().exists() || dir.checkpoints().exists() {
-            return Err(Error::Checkpoint(format!(
-                "artifact directory {} already holds a run: pass --resume to continue it, or \
-                 choose another --artifact-dir",
-                dir.0.display()
-            )));
-        }
-        None
-    };
+    let resume_from = check_start::<B::InnerBackend>(&dir, &config, options.resume, &device)?;
+    let first_epoch = resume_from.map_or(1, |e| e + 1);
 
-    // Data: a contiguous split, so that the validation text is unseen.
-    let (text, _) = load_corpus(options.data.as_deref())?;
+    // Data: corpus → contiguous split → tokenizer → token ids.
+    let (corpus, tokenizer, train_tokens, valid_tokens) = tokenize(&mut config, options, &dir)?;
+    let split_tokens = (train_tokens.len(), valid_tokens.len());
+
+    // Loaders: windows of `seq_len` tokens; with a step budget each epoch draws its share.
+    let train_windows = TokenWindows::new(train_tokens, config.seq_len());
+    let steps_per_pass = train_windows.len().div_ceil(config.batch_size);
+    let steps_per_epoch = config.steps_per_epoch(train_windows.len());
+    let train_loader = train_loader::<B>(&config, train_windows, steps_per_epoch);
+    let valid_loader = DataLoaderBuilder::<B::InnerBackend, _, _>::new(LmBatcher)
+        .batch_size(config.batch_size)
+        .build(TokenWindows::new(valid_tokens, config.seq_len()));
+
+    // Model, optimiser, schedule.
+    B::seed(&device, config.seed);
+    let model: SwitchLm<B> = config.model.init(&device);
+    let optimizer = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(config.grad_clip as f32)))
+        .init();
+    let total_steps = steps_per_epoch * config.num_epochs;
+    let schedule = WarmupCosineLr::new(
+        config.lr,
+        config.lr * config.min_lr_ratio,
+        config.warmup_steps.min(total_steps / 2),
+        total_steps,
+    );
+
+    // The plan, told to the caller before the first step; a fresh run's files.
+    let plan = TrainPlan {
+        artifact_dir: dir.0.clone(),
+        corpus,
+        num_params: model.num_params(),
+        vocab_size: config.model.vocab_size,
+        split_tokens,
+        batch_size: config.batch_size,
+        seq_len: config.seq_len(),
+        epochs: first_epoch..=config.num_epochs,
+        steps_per_epoch,
+        steps_per_pass,
+        sparse_layers: model.encoder.sparse_layers(),
+    };
+    if !options.resume {
+        write_run_files(&dir, &config, &tokenizer, &model)?;
+    }
+    on_plan(&plan);
+
+    // burn-train's Learner: metrics, checkpoints, early stopping, progress; then fit and save.
+    let plain = options
+        .plain_progress
+        .unwrap_or_else(|| !std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    let training = supervised_training::<B, _>(
+        &dir,
+        &config,
+        &plan,
+        resume_from,
+        plain,
+        train_loader,
+        valid_loader,
+    );
+    let result = training.launch(Learner::new(model, optimizer, schedule));
+
+    save_final_model::<B::InnerBackend>(&dir, &config, &plan, result.model, &device)
+}
+
+/// Loads the corpus (returning where it was read), splits it contiguously so that the validation
+/// text is unseen, gets the tokenizer (the run's on a resume, a given file, or one trained on the
+/// training split) and encodes both splits, checking that each holds a window and that every id
+/// fits the model. Sets the model's vocabulary size on a fresh run.
+fn tokenize(
+    config: &mut TrainingConfig,
+    options: &TrainOptions,
+    dir: &ArtifactDir,
+) -> MoeResult<(PathBuf, TextTokenizer, Vec<u32>, Vec<u32>)> {
+    let (text, corpus) = load_corpus(options.data.as_deref())?;
     let (train_text, valid_text) = split_text(&text, config.valid_fraction);
     let tokenizer = if options.resume {
         TextTokenizer::load(&dir.tokenizer())?
@@ -303,60 +255,69 @@ pub fn train<B: AutodiffBackend>(
             config.model.vocab_size
         )));
     }
+    Ok((corpus, tokenizer, train_tokens, valid_tokens))
+}
 
-    if !options.resume {
-        std::fs::create_dir_all(&dir.0).map_err(|e| Error::io("cannot create", &dir.0, e))?;
-        config
-            .save(dir.config())
-            .map_err(|e| Error::io("cannot write", dir.config(), e))?;
-        tokenizer.save(&dir.tokenizer())?;
+/// Splits text at a character boundary: the head for training, the last `valid_fraction` for
+/// validation.
+fn split_text(text: &str, valid_fraction: f64) -> (&str, &str) {
+    let target = ((text.len() as f64) * (1.0 - valid_fraction)) as usize;
+    let cut = (target..=text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text.split_at(cut)
+}
+
+/// The training loader: shuffled windows, or with a step budget `steps_per_epoch` batches of
+/// windows drawn at random (with replacement) per epoch.
+fn train_loader<B: AutodiffBackend>(
+    config: &TrainingConfig,
+    windows: TokenWindows,
+    steps_per_epoch: usize,
+) -> std::sync::Arc<dyn DataLoader<B, LmBatch<B>>> {
+    let builder = DataLoaderBuilder::new(LmBatcher)
+        .batch_size(config.batch_size)
+        .shuffle(config.seed);
+    match config.max_steps {
+        Some(_) => builder.build(SamplerDataset::with_replacement(
+            windows,
+            steps_per_epoch * config.batch_size,
+        )),
+        None => builder.build(windows),
     }
+}
 
-    // Loaders. With a step budget each epoch draws its share of random windows.
-    let batch = config.batch_size;
-    let train_windows = TokenWindows::new(train_tokens.clone(), seq_len);
-    let natural_steps = train_windows.len().div_ceil(batch);
-    let (train_loader, steps_per_epoch) = match config.max_steps {
-        Some(max) => {
-            let per_epoch = max.div_ceil(config.num_epochs);
-            let sampled = SamplerDataset::with_replacement(train_windows, per_epoch * batch);
-            (
-                DataLoaderBuilder::new(LmBatcher)
-                    .batch_size(batch)
-                    .shuffle(config.seed)
-                    .build(sampled),
-                per_epoch,
-            )
-        }
-        None => (
-            DataLoaderBuilder::new(LmBatcher)
-                .batch_size(batch)
-                .shuffle(config.seed)
-                .build(train_windows),
-            natural_steps,
-        ),
-    };
-    let valid_loader = DataLoaderBuilder::<B::InnerBackend, _, _>::new(LmBatcher)
-        .batch_size(batch)
-        .build(TokenWindows::new(valid_tokens.clone(), seq_len));
+/// `config.json`, `tokenizer.json` and `model.txt` (the model's modules, as burn prints them) of
+/// a fresh run.
+fn write_run_files<B: Backend>(
+    dir: &ArtifactDir,
+    config: &TrainingConfig,
+    tokenizer: &TextTokenizer,
+    model: &SwitchLm<B>,
+) -> MoeResult<()> {
+    std::fs::create_dir_all(&dir.0).map_err(|e| Error::io("cannot create", &dir.0, e))?;
+    config
+        .save(dir.config())
+        .map_err(|e| Error::io("cannot write", dir.config(), e))?;
+    tokenizer.save(&dir.tokenizer())?;
+    std::fs::write(dir.model_summary(), format!("{model}\n"))
+        .map_err(|e| Error::io("cannot write", dir.model_summary(), e))
+}
 
-    // Model, optimiser, schedule.
-    B::seed(&device, config.seed);
-    let model: SwitchLm<B> = config.model.init(&device);
-    let num_params = model.num_params();
-    let sparse_layers = model.encoder.sparse_layers();
-    let optimizer = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .with_grad_clipping(Some(GradientClippingConfig::Norm(config.grad_clip as f32)))
-        .init();
-    let total_steps = steps_per_epoch * config.num_epochs;
-    let schedule = WarmupCosineLr::new(
-        config.lr,
-        config.lr * config.min_lr_ratio,
-        config.warmup_steps.min(total_steps / 2),
-        total_steps,
-    );
-
+/// burn-train's supervised training with the run's metrics, checkpoints, early stopping, logger
+/// and progress output.
+fn supervised_training<B: AutodiffBackend, O>(
+    dir: &ArtifactDir,
+    config: &TrainingConfig,
+    plan: &TrainPlan,
+    resume_from: Option<usize>,
+    plain: bool,
+    train_loader: std::sync::Arc<dyn DataLoader<B, LmBatch<B>>>,
+    valid_loader: std::sync::Arc<dyn DataLoader<B::InnerBackend, LmBatch<B::InnerBackend>>>,
+) -> SupervisedTraining<Components<B, O>>
+where
+    O: Optimizer<SwitchLm<B>, B> + 'static,
+{
     let mut training = SupervisedTraining::new(&dir.0, train_loader, valid_loader);
     for kind in [LmMetricKind::Loss, LmMetricKind::Perplexity] {
         training = training
@@ -368,21 +329,14 @@ pub fn train<B: AutodiffBackend>(
             .metric_train_numeric(metric.clone())
             .metric_valid_numeric(metric);
     }
+    let csv = |split| RoutingCsvMetric::new(dir.routing_csv(), split, plan.sparse_layers.clone());
     training = training
         .metric_train_numeric(LearningRateMetric::new())
-        .metric_train(RoutingCsvMetric::new(
-            dir.routing_csv(),
-            "train",
-            sparse_layers.clone(),
-        ))
-        .metric_valid(RoutingCsvMetric::new(
-            dir.routing_csv(),
-            "valid",
-            sparse_layers,
-        ))
+        .metric_train(csv("train"))
+        .metric_valid(csv("valid"))
         .with_file_checkpointer(DefaultRecorder::new())
         .num_epochs(config.num_epochs)
-        .summary();
+        .with_metric_logger(ResumeAwareLogger::new(&dir.0, *plan.epochs.start()));
     if let Some(epoch) = resume_from {
         training = training.checkpoint(epoch);
     }
@@ -397,18 +351,27 @@ pub fn train<B: AutodiffBackend>(
             StoppingCondition::NoImprovementSince { n_epochs },
         ));
     }
-    let first_epoch = resume_from.map_or(1, |e| e + 1);
-    training = training.with_metric_logger(ResumeAwareLogger::new(&dir.0, first_epoch));
-    let plain = options
-        .plain_progress
-        .unwrap_or_else(|| !std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if plain {
-        training = training.renderer(PlainRenderer::new(10));
+        training = training.renderer(
+            PlainRenderer::new(10).with_run(plan.steps_per_epoch, plan.tokens_per_step()),
+        );
     }
-    let result = training.launch(Learner::new(model, optimizer, schedule));
+    training
+}
 
-    // Epochs actually trained (early stopping may end the run before num_epochs).
-    let last_epoch = (first_epoch..=config.num_epochs)
+/// Finds the epochs actually trained (early stopping may end the run before `num_epochs`) and
+/// saves `model.mpk`: the last weights, or with `patience` the best epoch's checkpoint.
+fn save_final_model<B: Backend>(
+    dir: &ArtifactDir,
+    config: &TrainingConfig,
+    plan: &TrainPlan,
+    last_model: SwitchLm<B>,
+    device: &B::Device,
+) -> MoeResult<TrainSummary> {
+    let first_epoch = *plan.epochs.start();
+    let last_epoch = plan
+        .epochs
+        .clone()
         .take_while(|e| epoch_metric(&dir.0, "valid", *e, "Loss").is_some())
         .last()
         .unwrap_or(first_epoch);
@@ -425,151 +388,27 @@ pub fn train<B: AutodiffBackend>(
     let save_err = |e: burn::record::RecorderError| {
         Error::Checkpoint(format!("cannot save the model to {}: {e}", dir.0.display()))
     };
-    match best_epoch {
+    let saved_epoch = match best_epoch {
         Some(best) if config.patience.is_some() && best != last_epoch => {
-            let file = dir.checkpoints().join(format!("model-{best}"));
-            load_checked::<B::InnerBackend>(&config.model, &file, &device)?
+            load_checked::<B>(&config.model, &dir.checkpoint_model(best), device)?
                 .save_file(dir.model(), &DefaultRecorder::new())
                 .map_err(save_err)?;
+            best
         }
-        _ => result
-            .model
-            .save_file(dir.model(), &DefaultRecorder::new())
-            .map_err(save_err)?,
-    }
+        _ => {
+            last_model
+                .save_file(dir.model(), &DefaultRecorder::new())
+                .map_err(save_err)?;
+            last_epoch
+        }
+    };
     Ok(TrainSummary {
-        artifact_dir: dir.0,
+        artifact_dir: dir.0.clone(),
         epochs,
         valid_loss,
-        saved_epoch: if config.patience.is_some() {
-            best_epoch.unwrap_or(last_epoch)
-        } else {
-            last_epoch
-        },
+        saved_epoch,
         vocab_size: config.model.vocab_size,
-        num_params,
-        split_tokens: (train_tokens.len(), valid_tokens.len()),
+        num_params: plan.num_params,
+        split_tokens: plan.split_tokens,
     })
-}
-
-/// Splits text at a character boundary: the head for training, the last `valid_fraction` for
-/// validation.
-fn split_text(text: &str, valid_fraction: f64) -> (&str, &str) {
-    let target = ((text.len() as f64) * (1.0 - valid_fraction)) as usize;
-    let cut = (target..=text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(text.len());
-    text.split_at(cut)
-}
-
-/// The checkpoint epoch to resume from, after checking that the directory holds a run of the same
-/// model and a checkpoint whose tensors fit it.
-fn check_resumable<B: Backend>(
-    dir: &ArtifactDir,
-    config: &TrainingConfig,
-    device: &B::Device,
-) -> MoeResult<usize> {
-    let epoch = dir.last_checkpoint().ok_or_else(|| {
-        Error::Checkpoint(format!(
-            "--resume: {} holds no checkpoint (checkpoint/model-<epoch>.mpk): train without \
-             --resume first, or point --artifact-dir at a run that saved one",
-            dir.0.display()
-        ))
-    })?;
-    let saved = TrainingConfig::load(dir.config()).map_err(|e| {
-        Error::Checkpoint(format!(
-            "--resume: cannot read {} ({e}): the artifact directory is incomplete",
-            dir.config().display()
-        ))
-    })?;
-    if saved.model.to_string() != config.model.to_string() {
-        return Err(Error::Checkpoint(format!(
-            "--resume: the model settings differ from the run in {} (its config.json): resume \
-             with the same model flags, or start a new --artifact-dir",
-            dir.0.display()
-        )));
-    }
-    if epoch >= config.num_epochs {
-        return Err(Error::Flag {
-            flag: "--epochs",
-            message: format!(
-                "the run in {} already finished epoch {epoch}: pass --epochs larger than {epoch} to continue",
-                dir.0.display()
-            ),
-        });
-    }
-    load_checked::<B>(
-        &config.model,
-        &dir.checkpoints().join(format!("model-{epoch}")),
-        device,
-    )?;
-    Ok(epoch)
-}
-
-/// Collects parameter shapes.
-struct Shapes(Vec<Vec<usize>>);
-
-impl<B: Backend> ModuleVisitor<B> for Shapes {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.0.push(param.shape().dims::<D>().to_vec());
-    }
-    fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
-        self.0.push(param.shape().dims::<D>().to_vec());
-    }
-}
-
-/// Loads a model record, checking every tensor's shape against `config`.
-fn load_checked<B: Backend>(
-    config: &SwitchLmConfig,
-    file: &Path,
-    device: &B::Device,
-) -> MoeResult<SwitchLm<B>> {
-    let fresh: SwitchLm<B> = config.init(device);
-    let mismatch = |detail: String| {
-        Error::Checkpoint(format!(
-            "checkpoint {} does not fit the model of config.json ({detail}): it comes from a \
-             different configuration; start a new --artifact-dir",
-            file.display()
-        ))
-    };
-    let record: <SwitchLm<B> as Module<B>>::Record =
-        Recorder::<B>::load(&DefaultRecorder::new(), file.to_path_buf(), device)
-            .map_err(|e| mismatch(e.to_string()))?;
-    let loaded = fresh.clone().load_record(record);
-    let (mut want, mut got) = (Shapes(Vec::new()), Shapes(Vec::new()));
-    fresh.visit(&mut want);
-    loaded.visit(&mut got);
-    if want.0 != got.0 {
-        return Err(mismatch("tensor shapes differ".into()));
-    }
-    Ok(loaded)
-}
-
-/// Rebuilds a trained model and its tokenizer from an artifact directory: `config.json`,
-/// `tokenizer.json` and `model.mpk` (or, while training runs, the newest checkpoint).
-pub fn load_trained<B: Backend>(
-    artifact_dir: &Path,
-    device: &B::Device,
-) -> MoeResult<(SwitchLm<B>, TextTokenizer, TrainingConfig)> {
-    let dir = ArtifactDir(artifact_dir.to_path_buf());
-    let config = TrainingConfig::load(dir.config()).map_err(|e| {
-        Error::Checkpoint(format!(
-            "cannot read {} ({e}): --artifact-dir must be a directory written by the train example",
-            dir.config().display()
-        ))
-    })?;
-    let tokenizer = TextTokenizer::load(&dir.tokenizer())?;
-    let weights = if dir.model().with_extension("mpk").exists() {
-        dir.model()
-    } else {
-        let epoch = dir.last_checkpoint().ok_or_else(|| {
-            Error::Checkpoint(format!(
-                "{} holds neither model.mpk nor a checkpoint: train first",
-                dir.0.display()
-            ))
-        })?;
-        dir.checkpoints().join(format!("model-{epoch}"))
-    };
-    let model = load_checked::<B>(&config.model, &weights, device)?;
-    Ok((model, tokenizer, config))
 }
