@@ -22,9 +22,10 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use switch_moe::backend::{DeviceInfo, DeviceKind};
 use switch_moe::generate::{SamplingConfig, generate};
 use switch_moe::train::{
-    TokenizerKind, TrainOptions, TrainPlan, TrainingConfig, load_trained, train_with_plan,
+    CollapsePolicy, TokenizerKind, TrainOptions, TrainPlan, TrainingConfig, load_trained,
+    train_with_plan,
 };
-use switch_moe::{SwitchEncoderConfig, SwitchLmConfig};
+use switch_moe::{DropPolicy, RouterScore, RoutingMode, SwitchEncoderConfig, SwitchLmConfig};
 
 /// Train a small Switch Transformer (mixture-of-experts) language model on a text corpus, then
 /// print a few samples from it.
@@ -125,6 +126,43 @@ struct Args {
     /// Plain progress lines even on a terminal (no dashboard).
     #[arg(long)]
     plain: bool,
+    /// Optimiser steps per epoch, i.e. between checkpoints: a kill loses at most this many.
+    /// Default: a tenth of the run (of the step budget, or of the passes, at most one pass).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// What a collapse alarm (an expert dead for --dead-expert-steps steps, or a max expert load
+    /// at --max-load-alarm) does: warn (one line, train on) or stop (like a NaN loss: the last
+    /// good checkpoint stays intact).
+    #[arg(long, value_parser = ["warn", "stop"])]
+    on_collapse: Option<String>,
+    /// Consecutive training steps with < 1% of its fair share after which an expert is dead.
+    #[arg(long)]
+    dead_expert_steps: Option<usize>,
+    /// Max expert load (E · busiest fraction; 1 = balance, E = collapse) that raises an alarm.
+    /// Default: halfway, 1 + (E − 1) / 2.
+    #[arg(long)]
+    max_load_alarm: Option<f64>,
+    /// Router scores: softmax (Switch) or sigmoid (DeepSeek-V3).
+    #[arg(long, value_parser = ["softmax", "sigmoid"])]
+    router_score: Option<String>,
+    /// Aux-loss-free balancing: per-expert selection bias moved by ± this rate after every
+    /// training step (1e-3 is typical; 0 = off).
+    #[arg(long)]
+    expert_bias_rate: Option<f64>,
+    /// Always-on shared experts added to every sparse layer (DeepSeekMoE, Qwen2-MoE).
+    #[arg(long)]
+    shared_experts: Option<usize>,
+    /// Scale the shared experts by a learned sigmoid gate (Qwen2-MoE).
+    #[arg(long)]
+    shared_gate: bool,
+    /// Which assignments an overflowing expert drops: position (earlier tokens first, the paper)
+    /// or probability (lowest router probability first).
+    #[arg(long, value_parser = ["position", "probability"])]
+    drop_policy: Option<String>,
+    /// Routing: token-choice (each token picks its experts). expert-choice is refused: in a
+    /// causal language model it would see future tokens.
+    #[arg(long, value_parser = ["token-choice", "expert-choice"])]
+    routing: Option<String>,
 }
 
 /// The preset's training config; flags replace its fields.
@@ -138,7 +176,8 @@ fn preset(name: &str) -> TrainingConfig {
     let experts = 8;
     let seq_len = if gpu { 256 } else { 128 };
     let batch = if gpu { 64 } else { 32 };
-    let epochs = if gpu { 5 } else { 1 };
+    // With the step budget, 10 epochs of 50 steps: a checkpoint every tenth of the run.
+    let epochs = if gpu { 5 } else { 10 };
     let max_steps = if gpu { None } else { Some(500) };
     let lr = if gpu { 1e-3 } else { 2e-3 };
     let encoder = SwitchEncoderConfig::new(d_model, d_ff, heads, layers, experts)
@@ -239,6 +278,29 @@ fn build_config(args: &Args, preset_name: &str) -> TrainingConfig {
     set!(args.top_k, moe.top_k);
     set!(args.capacity_factor, moe.capacity_factor);
     set!(args.eval_capacity_factor, moe.eval_capacity_factor);
+    set!(args.expert_bias_rate, moe.expert_bias_rate);
+    set!(args.shared_experts, moe.num_shared_experts);
+    if args.shared_gate {
+        moe.shared_gate = true;
+    }
+    if let Some(score) = &args.router_score {
+        moe.router_score = match score.as_str() {
+            "sigmoid" => RouterScore::Sigmoid,
+            _ => RouterScore::Softmax,
+        };
+    }
+    if let Some(policy) = &args.drop_policy {
+        moe.drop_policy = match policy.as_str() {
+            "probability" => DropPolicy::Probability,
+            _ => DropPolicy::Position,
+        };
+    }
+    if let Some(routing) = &args.routing {
+        moe.routing = match routing.as_str() {
+            "expert-choice" => RoutingMode::ExpertChoice,
+            _ => RoutingMode::TokenChoice,
+        };
+    }
     set!(args.aux_coef, c.model.aux_coef);
     set!(args.z_coef, c.model.z_coef);
     set!(args.seq_len, c.model.max_seq_len);
@@ -246,6 +308,19 @@ fn build_config(args: &Args, preset_name: &str) -> TrainingConfig {
     set!(args.epochs, c.num_epochs);
     set!(args.lr, c.lr);
     set!(args.seed, c.seed);
+    if args.checkpoint_every.is_some() {
+        c.checkpoint_every = args.checkpoint_every;
+    }
+    set!(args.dead_expert_steps, c.health.dead_expert_steps);
+    if args.max_load_alarm.is_some() {
+        c.health.max_load_alarm = args.max_load_alarm;
+    }
+    if let Some(policy) = &args.on_collapse {
+        c.health.on_collapse = match policy.as_str() {
+            "stop" => CollapsePolicy::Stop,
+            _ => CollapsePolicy::Warn,
+        };
+    }
     if args.patience.is_some() {
         c.patience = args.patience;
     }
@@ -336,6 +411,9 @@ fn print_plan(plan: &TrainPlan, config: &TrainingConfig) {
         "  artifacts  {} (model.txt lists the model's modules)",
         plan.artifact_dir.display()
     );
+    for notice in &plan.notices {
+        println!("  note       {notice}");
+    }
     println!();
 }
 
@@ -461,6 +539,13 @@ fn flag_of(field: &str) -> Option<&'static str> {
         "patience" => "--patience",
         "lr" => "--lr",
         "seed" => "--seed",
+        "checkpoint_every" => "--checkpoint-every",
+        "expert_bias_rate" => "--expert-bias-rate",
+        "shared_gate" => "--shared-gate",
+        "num_shared_experts" => "--shared-experts",
+        "routing" | "encoder.layer.moe.routing" => "--routing",
+        "dead_expert_steps" => "--dead-expert-steps",
+        "max_load_alarm" => "--max-load-alarm",
         _ => return None,
     })
 }

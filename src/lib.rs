@@ -30,6 +30,7 @@
 //! | L | layers |
 #![warn(missing_docs)]
 
+pub mod atomic_file;
 #[cfg(any(
     feature = "ndarray",
     feature = "wgpu",

@@ -112,13 +112,15 @@ impl TextTokenizer {
     pub fn save(&self, path: &Path) -> Result<()> {
         let fail =
             |e: String| Error::Tokenizer(format!("cannot save tokenizer {}: {e}", path.display()));
-        match self {
-            Self::Bpe(t) => t.save(path, false).map_err(|e| fail(e.to_string())),
-            Self::Char(c) => {
-                let json = serde_json::to_vec(c).map_err(|e| fail(e.to_string()))?;
-                std::fs::write(path, json).map_err(|e| fail(e.to_string()))
-            }
-        }
+        // Written atomically (temporary file, fsync, rename): a kill never leaves half a file.
+        let json = match self {
+            Self::Bpe(t) => t
+                .to_string(false)
+                .map_err(|e| fail(e.to_string()))?
+                .into_bytes(),
+            Self::Char(c) => serde_json::to_vec(c).map_err(|e| fail(e.to_string()))?,
+        };
+        crate::train::atomic::write_atomic(path, &json).map_err(|e| fail(e.to_string()))
     }
 
     /// Number of token ids.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use burn::train::metric::{Metric, MetricMetadata, MetricName, SerializedEntry};
 
+use crate::atomic_file::write_atomic;
 use crate::routing_stats::RoutingStats;
 
 /// File name of the routing CSV inside the artifact directory.
@@ -49,14 +50,13 @@ impl RoutingCsvMetric {
     }
 
     fn write_epoch(&self) -> std::io::Result<()> {
-        let fresh = !self.path.exists();
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        if fresh {
-            writeln!(file, "{HEADER}")?;
+        // The whole file is rewritten through a temporary file and a rename, so a kill never
+        // leaves half a row (and a resumed run appends after the last complete epoch).
+        let mut text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        if text.is_empty() {
+            text = format!("{HEADER}\n");
         }
+        let mut file = Vec::new();
         for (l, (fractions, probs)) in self.fraction_sums.iter().zip(&self.prob_sums).enumerate() {
             let layer = self.layer_ids.get(l).copied().unwrap_or(l);
             for (e, (f, p)) in fractions.iter().zip(probs).enumerate() {
@@ -76,7 +76,8 @@ impl RoutingCsvMetric {
                 )?;
             }
         }
-        Ok(())
+        text.push_str(&String::from_utf8_lossy(&file));
+        write_atomic(&self.path, text.as_bytes())
     }
 }
 

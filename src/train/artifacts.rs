@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::config::Config;
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::record::{DefaultRecorder, Recorder};
+use burn::record::{DefaultRecorder, FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
@@ -47,6 +47,25 @@ impl ArtifactDir {
         self.0.join(ROUTING_CSV)
     }
 
+    /// The epochs of every `checkpoint/model-<epoch>.mpk`, ascending.
+    pub fn checkpoint_epochs(&self) -> Vec<usize> {
+        let Ok(entries) = std::fs::read_dir(self.checkpoints()) else {
+            return Vec::new();
+        };
+        let mut epochs: Vec<usize> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix("model-")?
+                    .strip_suffix(".mpk")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        epochs.sort_unstable();
+        epochs
+    }
+
     /// The epoch of the newest `checkpoint/model-<epoch>.mpk`.
     pub fn last_checkpoint(&self) -> Option<usize> {
         std::fs::read_dir(self.checkpoints())
@@ -83,9 +102,12 @@ pub fn epoch_metric(dir: &Path, split: &str, epoch: usize, name: &str) -> Option
         .join(format!("{}.log", name.replace(' ', "_")));
     let text = std::fs::read_to_string(file).ok()?;
     let (mut sum, mut count) = (0.0, 0.0);
+    // A line a killed run cut short does not parse and is skipped.
     for line in text.lines() {
         let mut parts = line.split(',');
-        let value: f64 = parts.next()?.parse().ok()?;
+        let Some(value) = parts.next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
         let n: f64 = parts.next().and_then(|c| c.parse().ok()).unwrap_or(1.0);
         sum += value * n;
         count += n;
@@ -93,59 +115,134 @@ pub fn epoch_metric(dir: &Path, split: &str, epoch: usize, name: &str) -> Option
     (count > 0.0).then(|| sum / count)
 }
 
-/// Where a run starts: `None` for a fresh run in a directory that holds none, or the checkpoint
-/// epoch to resume from after checking that the directory holds a run of the same model and a
-/// checkpoint whose tensors fit it. Nothing is written.
+/// How a run starts, from [`check_start`].
+pub(crate) struct Start {
+    /// The checkpoint epoch to resume from (None: a fresh start).
+    pub resume_from: Option<usize>,
+    /// One-line notes for the user (a damaged checkpoint skipped, a run started over).
+    pub notices: Vec<String>,
+}
+
+/// Checks whether a run may start in `dir`, and from where. Nothing is written or deleted.
+///
+/// - A fresh run needs a directory without a run; a directory with the same run's `config.json`
+///   and `tokenizer.json` but no checkpoint (a run killed before its first checkpoint) is
+///   started over, with a notice.
+/// - A resumed run needs the same model config; it continues from the newest checkpoint whose
+///   model, optimiser and scheduler files all load (the model's tensor shapes checked), and says
+///   in a notice which damaged ones it skipped. Without any checkpoint it starts the run over
+///   from the saved config and tokenizer, with a notice.
 pub(crate) fn check_start<B: Backend>(
     dir: &ArtifactDir,
     config: &TrainingConfig,
     resume: bool,
     device: &B::Device,
-) -> MoeResult<Option<usize>> {
+) -> MoeResult<Start> {
+    let mut notices = Vec::new();
+    let removed = super::atomic::remove_stale_temporaries(&dir.0)
+        + super::atomic::remove_stale_temporaries(&dir.checkpoints());
+    if removed > 0 {
+        notices.push(format!(
+            "removed {removed} partial file(s) that a killed run left in {}",
+            dir.0.display()
+        ));
+    }
+    let epochs = dir.checkpoint_epochs();
     if !resume {
-        if dir.holds_run() {
+        if !dir.holds_run() {
+            return Ok(Start {
+                resume_from: None,
+                notices,
+            });
+        }
+        if !epochs.is_empty() || !same_model(dir, config)? {
             return Err(Error::Checkpoint(format!(
                 "artifact directory {} already holds a run: pass --resume to continue it, or \
                  choose another --artifact-dir",
                 dir.0.display()
             )));
         }
-        return Ok(None);
-    }
-    let epoch = dir.last_checkpoint().ok_or_else(|| {
-        Error::Checkpoint(format!(
-            "--resume: {} holds no checkpoint (checkpoint/model-<epoch>.mpk): train without \
-             --resume first, or point --artifact-dir at a run that saved one",
+        notices.push(format!(
+            "{} holds this run without a checkpoint (it stopped before the first one): starting \
+             it over",
             dir.0.display()
-        ))
-    })?;
-    let saved = TrainingConfig::load(dir.config()).map_err(|e| {
-        Error::Checkpoint(format!(
-            "--resume: cannot read {} ({e}): the artifact directory is incomplete",
-            dir.config().display()
-        ))
-    })?;
-    if saved.model.to_string() != config.model.to_string() {
+        ));
+        return Ok(Start {
+            resume_from: None,
+            notices,
+        });
+    }
+    if !dir.config().exists() {
+        return Err(Error::Checkpoint(format!(
+            "--resume: {} holds no run (no config.json): train without --resume first, or point \
+             --artifact-dir at an earlier run",
+            dir.0.display()
+        )));
+    }
+    if !same_model(dir, config)? {
         return Err(Error::Checkpoint(format!(
             "--resume: the model settings differ from the run in {} (its config.json): resume \
              with the same model flags, or start a new --artifact-dir",
             dir.0.display()
         )));
     }
-    if epoch >= config.num_epochs {
-        return Err(Error::config(
-            "TrainingConfig",
-            "num_epochs",
-            config.num_epochs,
-            format!(
-                "the run in {} already finished epoch {epoch}: resume with more than {epoch} \
-                 epochs",
-                dir.0.display()
-            ),
-        ));
+    for &epoch in epochs.iter().rev() {
+        match intact_checkpoint::<B>(dir, epoch) {
+            Ok(()) => {
+                // Intact files whose tensors do not fit this model: another configuration's
+                // checkpoint, an error rather than something to skip.
+                load_checked::<B>(&config.model, &dir.checkpoint_model(epoch), device)?;
+                return Ok(Start {
+                    resume_from: Some(epoch),
+                    notices,
+                });
+            }
+            Err(why) => notices.push(format!(
+                "checkpoint of epoch {epoch} is damaged ({why}); trying the one before"
+            )),
+        }
     }
-    load_checked::<B>(&config.model, &dir.checkpoint_model(epoch), device)?;
-    Ok(Some(epoch))
+    notices.push(format!(
+        "--resume: {} holds no intact checkpoint (the run stopped before its first): starting \
+         it over from its config.json and tokenizer.json",
+        dir.0.display()
+    ));
+    Ok(Start {
+        resume_from: None,
+        notices,
+    })
+}
+
+/// Whether `dir`'s config.json describes the same model as `config`.
+fn same_model(dir: &ArtifactDir, config: &TrainingConfig) -> MoeResult<bool> {
+    let saved = TrainingConfig::load(dir.config()).map_err(|e| {
+        Error::Checkpoint(format!(
+            "cannot read {} ({e}): the artifact directory is damaged; choose another \
+             --artifact-dir",
+            dir.config().display()
+        ))
+    })?;
+    // A fresh run's vocabulary size comes from its tokenizer (0 until then).
+    let mut mine = config.model.clone();
+    if mine.vocab_size == 0 {
+        mine.vocab_size = saved.model.vocab_size;
+    }
+    Ok(saved.model.to_string() == mine.to_string())
+}
+
+/// Reads a checkpoint's model, optimiser and scheduler files through as msgpack: a file a kill
+/// or a full disk cut short does not parse. The error says which file is unusable.
+fn intact_checkpoint<B: Backend>(dir: &ArtifactDir, epoch: usize) -> Result<(), String> {
+    for name in ["model", "optim", "scheduler"] {
+        let file = dir.checkpoints().join(format!("{name}-{epoch}.mpk"));
+        let mut bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        Recorder::<B>::load_item::<serde::de::IgnoredAny>(
+            &NamedMpkBytesRecorder::<FullPrecisionSettings>::default(),
+            &mut bytes,
+        )
+        .map_err(|e| format!("{} does not parse: {e}", file.display()))?;
+    }
+    Ok(())
 }
 
 /// Collects parameter shapes.

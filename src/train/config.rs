@@ -4,6 +4,8 @@
 
 use burn::config::Config;
 
+use super::guard::HealthConfig;
+use super::loader::EpochOrder;
 use crate::Result as MoeResult;
 use crate::error::Error;
 use crate::lm::SwitchLmConfig;
@@ -64,6 +66,30 @@ pub struct TrainingConfig {
     /// Early stopping: stop once the validation loss has not improved for this many epochs, and
     /// save the best epoch's weights as `model.mpk`. None (default): train every epoch.
     pub patience: Option<usize>,
+    /// Optimiser steps per epoch, i.e. between checkpoints (a kill loses at most this many).
+    /// With `max_steps`: the budget is cut into ⌈max_steps / checkpoint_every⌉ epochs (and
+    /// `num_epochs` is not used). Without: the `num_epochs` passes are cut into epochs of this
+    /// many steps. None (default): `max_steps / num_epochs` with a budget; otherwise a tenth of
+    /// the run, at most one pass.
+    pub checkpoint_every: Option<usize>,
+    /// Router health alarms (dead experts, collapse) and what they do.
+    #[config(default = "HealthConfig::new()")]
+    pub health: HealthConfig,
+}
+
+/// How a run is cut into epochs (checkpoint intervals), from [`TrainingConfig::epoch_plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochPlan {
+    /// Epochs of the run (the Learner's, each ending with validation and a checkpoint).
+    pub epochs: usize,
+    /// Optimiser steps per epoch (the last may be shorter without a step budget).
+    pub steps_per_epoch: usize,
+    /// Optimiser steps of the whole run.
+    pub total_steps: usize,
+    /// Steps of one pass over the training windows.
+    pub steps_per_pass: usize,
+    /// How each epoch picks its windows.
+    pub order: EpochOrder,
 }
 
 /// The config's name in errors.
@@ -75,12 +101,48 @@ impl TrainingConfig {
         self.model.max_seq_len
     }
 
-    /// Optimiser steps per epoch when the training split holds `windows` windows: the step
-    /// budget's share, or one pass.
+    /// Optimiser steps per epoch when the training split holds `windows` windows.
     pub fn steps_per_epoch(&self, windows: usize) -> usize {
+        self.epoch_plan(windows).steps_per_epoch
+    }
+
+    /// The run's epochs when the training split holds `windows` windows (see
+    /// [`checkpoint_every`](Self::checkpoint_every)).
+    pub fn epoch_plan(&self, windows: usize) -> EpochPlan {
+        let batch = self.batch_size.max(1);
+        let steps_per_pass = windows.div_ceil(batch).max(1);
         match self.max_steps {
-            Some(max) => max.div_ceil(self.num_epochs.max(1)),
-            None => windows.div_ceil(self.batch_size.max(1)),
+            Some(max) => {
+                let every = self
+                    .checkpoint_every
+                    .unwrap_or_else(|| max.div_ceil(self.num_epochs.max(1)))
+                    .max(1);
+                let epochs = max.div_ceil(every).max(1);
+                EpochPlan {
+                    epochs,
+                    steps_per_epoch: every,
+                    total_steps: epochs * every,
+                    steps_per_pass,
+                    order: EpochOrder::Sample(every * batch),
+                }
+            }
+            None => {
+                let total_steps = (windows * self.num_epochs).div_ceil(batch).max(1);
+                let every = self
+                    .checkpoint_every
+                    .unwrap_or_else(|| total_steps.div_ceil(10).min(steps_per_pass))
+                    .max(1);
+                EpochPlan {
+                    epochs: total_steps.div_ceil(every),
+                    steps_per_epoch: every,
+                    total_steps,
+                    steps_per_pass,
+                    order: EpochOrder::Passes {
+                        per_epoch: every * batch,
+                        total: windows * self.num_epochs,
+                    },
+                }
+            }
         }
     }
 
@@ -98,6 +160,9 @@ impl TrainingConfig {
         }
         if self.patience == Some(0) {
             return fail("patience", "0".into(), "must be at least 1 epoch");
+        }
+        if self.checkpoint_every == Some(0) {
+            return fail("checkpoint_every", "0".into(), "must be at least 1 step");
         }
         if self.max_steps == Some(0) {
             return fail("max_steps", "0".into(), "must be at least 1");
@@ -182,10 +247,38 @@ mod tests {
     }
 
     #[test]
-    fn steps_per_epoch_is_the_budget_share_or_one_pass() {
+    fn epochs_are_checkpoint_intervals() {
+        // 3 passes of 100 windows in batches of 8: 300/8 → 38 steps, a pass 13 steps; by default
+        // epochs of a tenth of the run (4 steps), so 10 epochs.
         let c = config().with_batch_size(8).with_num_epochs(3);
-        assert_eq!(c.steps_per_epoch(100), 13);
-        let c = c.with_max_steps(Some(10));
-        assert_eq!(c.steps_per_epoch(100), 4);
+        let plan = c.epoch_plan(100);
+        assert_eq!(
+            (plan.epochs, plan.steps_per_epoch, plan.total_steps),
+            (10, 4, 38)
+        );
+        assert_eq!(plan.steps_per_pass, 13);
+        // Never longer than a pass.
+        let c1 = config().with_batch_size(8).with_num_epochs(30);
+        assert_eq!(c1.epoch_plan(100).steps_per_epoch, 13);
+        // A step budget of 10 over 3 epochs: ⌈10/3⌉ = 4 steps each, rounded up to 12 in all.
+        let b = c.clone().with_max_steps(Some(10));
+        let plan = b.epoch_plan(100);
+        assert_eq!(
+            (plan.epochs, plan.steps_per_epoch, plan.total_steps),
+            (3, 4, 12)
+        );
+        assert_eq!(plan.order, EpochOrder::Sample(32));
+        // checkpoint_every sets the interval in both modes.
+        let e = b.with_checkpoint_every(Some(5));
+        assert_eq!(e.epoch_plan(100).epochs, 2);
+        let p = c.with_checkpoint_every(Some(7)).epoch_plan(100);
+        assert_eq!((p.epochs, p.steps_per_epoch), (6, 7));
+        assert_eq!(
+            p.order,
+            EpochOrder::Passes {
+                per_epoch: 56,
+                total: 300
+            }
+        );
     }
 }

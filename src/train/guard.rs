@@ -147,6 +147,7 @@ pub struct RunGuard {
     reported: Vec<Vec<bool>>,
     overloaded: Vec<bool>,
     stopped: bool,
+    steps_per_epoch: usize,
     name: MetricName,
 }
 
@@ -161,15 +162,23 @@ impl RunGuard {
             reported: Vec::new(),
             overloaded: Vec::new(),
             stopped: false,
+            steps_per_epoch: 0,
             name: Arc::new("Router Health".to_string()),
         }
     }
 
+    /// Steps per epoch, so that alarms name the step of the run rather than of the epoch.
+    pub fn with_steps_per_epoch(mut self, steps: usize) -> Self {
+        self.steps_per_epoch = steps;
+        self
+    }
+
     fn raise(&mut self, kind: AlarmKind, metadata: &MetricMetadata, stop: bool) -> String {
+        let epoch = metadata.global_progress.items_processed;
         let alarm = Alarm {
             kind,
-            epoch: metadata.global_progress.items_processed,
-            step: metadata.iteration.unwrap_or(0),
+            epoch,
+            step: epoch.saturating_sub(1) * self.steps_per_epoch + metadata.iteration.unwrap_or(0),
             stopped: stop && !self.stopped,
         };
         let line = alarm.to_string();

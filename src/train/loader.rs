@@ -26,6 +26,14 @@ pub enum EpochOrder {
     Shuffle,
     /// This many items drawn with replacement (a step budget's share).
     Sample(usize),
+    /// A stream of passes (each a fresh permutation of all items) cut into epochs of
+    /// `per_epoch` items, `total` items in all: checkpoint intervals shorter than a pass.
+    Passes {
+        /// Items per epoch.
+        per_epoch: usize,
+        /// Items over the whole run (the last epoch may be shorter).
+        total: usize,
+    },
 }
 
 /// See the module documentation.
@@ -92,16 +100,30 @@ impl<B: Backend, I: Send + Sync + 'static, O: Send + 'static> EpochLoader<B, I, 
     /// Epoch `epoch`'s item indices, in order.
     pub fn order_of(&self, epoch: usize) -> Vec<usize> {
         let n = self.dataset.len();
-        let mut rng = HostRng::new(epoch_seed(self.seed, epoch));
         let order: Vec<usize> = match self.order {
-            EpochOrder::Sample(count) => (0..count)
-                .map(|_| (rng.next_u64() % n.max(1) as u64) as usize)
-                .collect(),
-            EpochOrder::Shuffle => {
-                let mut order: Vec<usize> = (0..n).collect();
-                for i in (1..n).rev() {
-                    let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-                    order.swap(i, j);
+            EpochOrder::Sample(count) => {
+                let mut rng = HostRng::new(epoch_seed(self.seed, epoch));
+                (0..count)
+                    .map(|_| (rng.next_u64() % n.max(1) as u64) as usize)
+                    .collect()
+            }
+            EpochOrder::Shuffle => permutation(n, epoch_seed(self.seed, epoch)),
+            EpochOrder::Passes { per_epoch, total } => {
+                let start = (epoch.max(1) - 1) * per_epoch;
+                let end = (start + per_epoch).min(total);
+                let mut order = Vec::with_capacity(end.saturating_sub(start));
+                let mut pass_cache: Option<(usize, Vec<usize>)> = None;
+                for s in start..end {
+                    let pass = s / n.max(1) + 1;
+                    if pass_cache.as_ref().map(|(p, _)| *p) != Some(pass) {
+                        let seed = epoch_seed(self.seed ^ 0x9A55, pass);
+                        pass_cache = Some((pass, permutation(n, seed)));
+                    }
+                    order.push(
+                        pass_cache
+                            .as_ref()
+                            .map_or(0, |(_, perm)| perm[s % n.max(1)]),
+                    );
                 }
                 order
             }
@@ -116,6 +138,7 @@ impl<B: Backend, I: Send + Sync + 'static, O: Send + 'static> EpochLoader<B, I, 
         let all = match self.order {
             EpochOrder::Sample(count) => count,
             EpochOrder::Shuffle => self.dataset.len(),
+            EpochOrder::Passes { per_epoch, .. } => per_epoch,
         };
         match self.range {
             Some((start, end)) => end.min(all).saturating_sub(start),
@@ -136,6 +159,17 @@ impl<B: Backend, I: Send + Sync + 'static, O: Send + 'static> EpochLoader<B, I, 
             reseed_backend: self.reseed_backend,
         }
     }
+}
+
+/// A permutation of 0..n (Fisher–Yates) from `seed`.
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = HostRng::new(seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
 }
 
 /// The seed of epoch `epoch`'s order and generator state.
@@ -238,7 +272,11 @@ mod tests {
 
     #[test]
     fn a_resumed_loader_continues_the_same_epoch_sequence() {
-        for order in [EpochOrder::Shuffle, EpochOrder::Sample(8)] {
+        let passes = EpochOrder::Passes {
+            per_epoch: 4,
+            total: 25,
+        };
+        for order in [EpochOrder::Shuffle, EpochOrder::Sample(8), passes] {
             let straight = loader(order, 1);
             let epochs: Vec<Vec<i64>> = (0..3).map(|_| epoch_items(&straight)).collect();
             assert_ne!(epochs[0], epochs[1], "epochs differ");
@@ -248,5 +286,15 @@ mod tests {
         let mut shuffled = epoch_items(&loader(EpochOrder::Shuffle, 1));
         shuffled.sort();
         assert_eq!(shuffled, (0..10).collect::<Vec<i64>>(), "a permutation");
+        // Passes: 25 items in epochs of 4 = 7 epochs, the last of 1; each pass of 10 a
+        // permutation.
+        let stream = loader(passes, 1);
+        let all: Vec<i64> = (0..7).flat_map(|_| epoch_items(&stream)).collect();
+        assert_eq!(all.len(), 25);
+        for pass in all.chunks(10).take(2) {
+            let mut p = pass.to_vec();
+            p.sort();
+            assert_eq!(p, (0..10).collect::<Vec<i64>>());
+        }
     }
 }

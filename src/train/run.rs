@@ -5,14 +5,13 @@
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
-use burn::config::Config;
+use std::sync::{Arc, Mutex};
+
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::Dataset;
-use burn::data::dataset::transform::SamplerDataset;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, Optimizer};
-use burn::record::DefaultRecorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::metric::LearningRateMetric;
 use burn::train::metric::store::{Aggregate, Direction, Split};
@@ -21,8 +20,11 @@ use burn::train::{
     SupervisedTraining,
 };
 
-use super::artifacts::{ArtifactDir, check_start, epoch_metric, load_checked};
-use super::config::{TokenizerKind, TrainingConfig};
+use super::artifacts::{ArtifactDir, Start, check_start, epoch_metric, load_checked};
+use super::atomic::{CrashSafeRecorder, write_atomic};
+use super::config::{EpochPlan, TokenizerKind, TrainingConfig};
+use super::guard::{Alarms, RunGuard};
+use super::loader::EpochLoader;
 use super::logger::ResumeAwareLogger;
 use super::metrics::{LmMetric, LmMetricKind};
 use super::renderer::PlainRenderer;
@@ -79,6 +81,9 @@ pub struct TrainPlan {
     pub steps_per_pass: usize,
     /// The sparse (MoE) layers, 0-based.
     pub sparse_layers: Vec<usize>,
+    /// One-line notes for the user about how the run starts (a damaged checkpoint skipped, a
+    /// run started over, …).
+    pub notices: Vec<String>,
 }
 
 impl TrainPlan {
@@ -135,18 +140,26 @@ pub fn train_with_plan<B: AutodiffBackend>(
 ) -> MoeResult<TrainSummary> {
     config.validate()?;
     let dir = ArtifactDir(options.artifact_dir.clone());
-    let resume_from = check_start::<B::InnerBackend>(&dir, &config, options.resume, &device)?;
+    let Start {
+        resume_from,
+        notices,
+    } = check_start::<B::InnerBackend>(&dir, &config, options.resume, &device)?;
+    // A run started over (resumed without any checkpoint) is a fresh run in its own directory.
+    let resuming = resume_from.is_some();
     let first_epoch = resume_from.map_or(1, |e| e + 1);
 
     // Data: corpus → contiguous split → tokenizer → token ids.
-    let (corpus, tokenizer, train_tokens, valid_tokens) = tokenize(&mut config, options, &dir)?;
+    let (corpus, tokenizer, train_tokens, valid_tokens) =
+        tokenize(&mut config, options, &dir, resuming)?;
     let split_tokens = (train_tokens.len(), valid_tokens.len());
 
-    // Loaders: windows of `seq_len` tokens; with a step budget each epoch draws its share.
+    // Loaders: windows of `seq_len` tokens; each epoch (checkpoint interval) a function of
+    // (seed, epoch), so that a resumed run sees the batches an uninterrupted one would.
     let train_windows = TokenWindows::new(train_tokens, config.seq_len());
-    let steps_per_pass = train_windows.len().div_ceil(config.batch_size);
-    let steps_per_epoch = config.steps_per_epoch(train_windows.len());
-    let train_loader = train_loader::<B>(&config, train_windows, steps_per_epoch);
+    let epochs = config.epoch_plan(train_windows.len());
+    check_unfinished(&dir, &epochs, resume_from)?;
+    check_memory(&config)?;
+    let train_loader = train_loader::<B>(&config, &epochs, train_windows, first_epoch, &device);
     let valid_loader = DataLoaderBuilder::<B::InnerBackend, _, _>::new(LmBatcher)
         .batch_size(config.batch_size)
         .build(TokenWindows::new(valid_tokens, config.seq_len()));
@@ -158,7 +171,7 @@ pub fn train_with_plan<B: AutodiffBackend>(
         .with_weight_decay(config.weight_decay as f32)
         .with_grad_clipping(Some(GradientClippingConfig::Norm(config.grad_clip as f32)))
         .init();
-    let total_steps = steps_per_epoch * config.num_epochs;
+    let total_steps = epochs.total_steps;
     let schedule = WarmupCosineLr::new(
         config.lr,
         config.lr * config.min_lr_ratio,
@@ -175,12 +188,13 @@ pub fn train_with_plan<B: AutodiffBackend>(
         split_tokens,
         batch_size: config.batch_size,
         seq_len: config.seq_len(),
-        epochs: first_epoch..=config.num_epochs,
-        steps_per_epoch,
-        steps_per_pass,
+        epochs: first_epoch..=epochs.epochs,
+        steps_per_epoch: epochs.steps_per_epoch,
+        steps_per_pass: epochs.steps_per_pass,
         sparse_layers: model.encoder.sparse_layers(),
+        notices,
     };
-    if !options.resume {
+    if !resuming {
         write_run_files(&dir, &config, &tokenizer, &model)?;
     }
     on_plan(&plan);
@@ -189,6 +203,7 @@ pub fn train_with_plan<B: AutodiffBackend>(
     let plain = options
         .plain_progress
         .unwrap_or_else(|| !std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    let watch = Watch::default();
     let training = supervised_training::<B, _>(
         &dir,
         &config,
@@ -197,10 +212,110 @@ pub fn train_with_plan<B: AutodiffBackend>(
         plain,
         train_loader,
         valid_loader,
+        &watch,
     );
     let result = training.launch(Learner::new(model, optimizer, schedule));
+    watch.check(&dir)?;
 
     save_final_model::<B::InnerBackend>(&dir, &config, &plan, result.model, &device)
+}
+
+/// What the run's guard and checkpointer report back: alarms and a failed checkpoint write.
+#[derive(Clone, Default)]
+struct Watch {
+    alarms: Alarms,
+    write_failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Watch {
+    /// An error when the run was stopped: by a non-finite loss, a collapse alarm with
+    /// `on_collapse = Stop`, or a checkpoint that could not be written. It names the last good
+    /// checkpoint, which the stop left intact.
+    fn check(&self, dir: &ArtifactDir) -> MoeResult<()> {
+        let last_good = match dir.last_checkpoint() {
+            Some(epoch) => format!(
+                "the last good checkpoint is {} (epoch {epoch}): continue with --resume",
+                dir.checkpoint_model(epoch).with_extension("mpk").display()
+            ),
+            None => "no checkpoint was saved yet: --resume starts the run over".to_string(),
+        };
+        if let Some(message) = self.write_failure.lock().ok().and_then(|m| m.clone()) {
+            return Err(Error::Checkpoint(format!(
+                "training stopped: {message}; {last_good}"
+            )));
+        }
+        if let Some(alarm) = self.alarms.stop() {
+            let hint = match alarm.kind {
+                super::guard::AlarmKind::NonFinite { .. } => " (e.g. with a lower --lr)",
+                _ => "",
+            };
+            return Err(Error::Checkpoint(format!(
+                "training stopped: {alarm}; {last_good}{hint}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses to resume a run that has already trained all its epochs.
+fn check_unfinished(
+    dir: &ArtifactDir,
+    epochs: &EpochPlan,
+    resume_from: Option<usize>,
+) -> MoeResult<()> {
+    match resume_from {
+        Some(done) if done >= epochs.epochs => Err(Error::config(
+            "TrainingConfig",
+            "num_epochs",
+            epochs.epochs,
+            format!(
+                "the run in {} already finished its {} epochs: raise the step budget or the \
+                 epochs to continue it",
+                dir.0.display(),
+                epochs.epochs
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a model whose training state cannot fit in memory, before allocating it: weights,
+/// gradients and AdamW's two moments (4 × 4 bytes per parameter), plus the activations of one
+/// step (a rough 16 floats per token and layer, and 3 copies of the logits).
+fn check_memory(config: &TrainingConfig) -> MoeResult<()> {
+    let params = config.model.num_params() as f64;
+    let tokens = (config.batch_size * config.seq_len()) as f64;
+    let d = config.model.encoder.moe().d_model as f64;
+    let layers = config.model.encoder.n_layers as f64;
+    let activations = tokens * (16.0 * d * layers + 3.0 * config.model.vocab_size as f64);
+    let needed = 4.0 * (4.0 * params + activations);
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    if needed > available as f64 {
+        let gib = |b: f64| b / (1u64 << 30) as f64;
+        return Err(Error::Config {
+            config: "SwitchLmConfig",
+            field: "encoder",
+            value: format!("{:.3e} parameters", params),
+            reason: format!(
+                "training it needs about {:.1} GiB (weights, gradients and AdamW state: 16 bytes \
+                 per parameter, plus activations) but this machine has {:.1} GiB available: use \
+                 a smaller d_model, d_ff, number of layers or experts, or a smaller batch",
+                gib(needed),
+                gib(available as f64)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Memory the system can give this process, in bytes (Linux: `MemAvailable`).
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Loads the corpus (returning where it was read), splits it contiguously so that the validation
@@ -211,10 +326,13 @@ fn tokenize(
     config: &mut TrainingConfig,
     options: &TrainOptions,
     dir: &ArtifactDir,
+    resuming: bool,
 ) -> MoeResult<(PathBuf, TextTokenizer, Vec<u32>, Vec<u32>)> {
     let (text, corpus) = load_corpus(options.data.as_deref())?;
     let (train_text, valid_text) = split_text(&text, config.valid_fraction);
-    let tokenizer = if options.resume {
+    // A resumed run, or one started over in its own directory (check_start allowed only those),
+    // keeps the tokenizer it saved.
+    let tokenizer = if resuming || dir.tokenizer().exists() {
         TextTokenizer::load(&dir.tokenizer())?
     } else if let Some(file) = &options.tokenizer_file {
         config.tokenizer = TokenizerKind::File;
@@ -225,7 +343,7 @@ fn tokenize(
             TokenizerKind::Char | TokenizerKind::File => TextTokenizer::char_level(&text),
         }
     };
-    if !options.resume {
+    if !resuming {
         config.model.vocab_size = tokenizer.vocab_size();
     }
     config.model.validate()?;
@@ -268,23 +386,29 @@ fn split_text(text: &str, valid_fraction: f64) -> (&str, &str) {
     text.split_at(cut)
 }
 
-/// The training loader: shuffled windows, or with a step budget `steps_per_epoch` batches of
-/// windows drawn at random (with replacement) per epoch.
+/// The training loader: each epoch's windows (a budget's random draw, or a slice of the stream
+/// of shuffled passes) from (seed, epoch), starting at `first_epoch`; each epoch reseeds the
+/// backend's generator (dropout, jitter) likewise.
 fn train_loader<B: AutodiffBackend>(
     config: &TrainingConfig,
+    epochs: &EpochPlan,
     windows: TokenWindows,
-    steps_per_epoch: usize,
-) -> std::sync::Arc<dyn DataLoader<B, LmBatch<B>>> {
-    let builder = DataLoaderBuilder::new(LmBatcher)
-        .batch_size(config.batch_size)
-        .shuffle(config.seed);
-    match config.max_steps {
-        Some(_) => builder.build(SamplerDataset::with_replacement(
+    first_epoch: usize,
+    device: &B::Device,
+) -> Arc<dyn DataLoader<B, LmBatch<B>>> {
+    let windows: Arc<dyn Dataset<Vec<u32>>> = Arc::new(windows);
+    Arc::new(
+        EpochLoader::new(
             windows,
-            steps_per_epoch * config.batch_size,
-        )),
-        None => builder.build(windows),
-    }
+            Arc::new(LmBatcher),
+            config.batch_size,
+            device.clone(),
+        )
+        .with_order(epochs.order)
+        .with_seed(config.seed)
+        .with_first_epoch(first_epoch)
+        .with_backend_reseed(true),
+    )
 }
 
 /// `config.json`, `tokenizer.json` and `model.txt` (the model's modules, as burn prints them) of
@@ -296,16 +420,17 @@ fn write_run_files<B: Backend>(
     model: &SwitchLm<B>,
 ) -> MoeResult<()> {
     std::fs::create_dir_all(&dir.0).map_err(|e| Error::io("cannot create", &dir.0, e))?;
-    config
-        .save(dir.config())
+    // Each written atomically: a kill leaves the old file or the new one, never half of one.
+    write_atomic(&dir.config(), config.to_string().as_bytes())
         .map_err(|e| Error::io("cannot write", dir.config(), e))?;
     tokenizer.save(&dir.tokenizer())?;
-    std::fs::write(dir.model_summary(), format!("{model}\n"))
+    write_atomic(&dir.model_summary(), format!("{model}\n").as_bytes())
         .map_err(|e| Error::io("cannot write", dir.model_summary(), e))
 }
 
-/// burn-train's supervised training with the run's metrics, checkpoints, early stopping, logger
-/// and progress output.
+/// burn-train's supervised training with the run's metrics, guard, crash-safe checkpoints, early
+/// stopping, logger and progress output.
+#[allow(clippy::too_many_arguments)]
 fn supervised_training<B: AutodiffBackend, O>(
     dir: &ArtifactDir,
     config: &TrainingConfig,
@@ -314,11 +439,20 @@ fn supervised_training<B: AutodiffBackend, O>(
     plain: bool,
     train_loader: std::sync::Arc<dyn DataLoader<B, LmBatch<B>>>,
     valid_loader: std::sync::Arc<dyn DataLoader<B::InnerBackend, LmBatch<B::InnerBackend>>>,
+    watch: &Watch,
 ) -> SupervisedTraining<Components<B, O>>
 where
     O: Optimizer<SwitchLm<B>, B> + 'static,
 {
     let mut training = SupervisedTraining::new(&dir.0, train_loader, valid_loader);
+    let interrupter = training.interrupter();
+    let guard = RunGuard::new(
+        config.health.clone(),
+        interrupter.clone(),
+        watch.alarms.clone(),
+    )
+    .with_steps_per_epoch(plan.steps_per_epoch);
+    training = training.metric_train(guard);
     for kind in [LmMetricKind::Loss, LmMetricKind::Perplexity] {
         training = training
             .metric_train_numeric(LmMetric::new(kind))
@@ -334,8 +468,11 @@ where
         .metric_train_numeric(LearningRateMetric::new())
         .metric_train(csv("train"))
         .metric_valid(csv("valid"))
-        .with_file_checkpointer(DefaultRecorder::new())
-        .num_epochs(config.num_epochs)
+        .with_file_checkpointer(CrashSafeRecorder::on_failure(
+            interrupter,
+            watch.write_failure.clone(),
+        ))
+        .num_epochs(*plan.epochs.end())
         .with_metric_logger(ResumeAwareLogger::new(&dir.0, *plan.epochs.start()));
     if let Some(epoch) = resume_from {
         training = training.checkpoint(epoch);
@@ -391,13 +528,13 @@ fn save_final_model<B: Backend>(
     let saved_epoch = match best_epoch {
         Some(best) if config.patience.is_some() && best != last_epoch => {
             load_checked::<B>(&config.model, &dir.checkpoint_model(best), device)?
-                .save_file(dir.model(), &DefaultRecorder::new())
+                .save_file(dir.model(), &CrashSafeRecorder::new())
                 .map_err(save_err)?;
             best
         }
         _ => {
             last_model
-                .save_file(dir.model(), &DefaultRecorder::new())
+                .save_file(dir.model(), &CrashSafeRecorder::new())
                 .map_err(save_err)?;
             last_epoch
         }
