@@ -436,8 +436,19 @@ fn run<B: AutodiffBackend>(
                 artifact_dir.display()
             ))
         })?;
+        // The model is the run's; how long and how fast it trains may change on a resume
+        // (e.g. a lower --lr after a NaN, a larger budget to train on).
         if let Some(epochs) = args.epochs {
             saved.num_epochs = epochs;
+        }
+        if args.max_steps.is_some() {
+            saved.max_steps = args.max_steps;
+        }
+        if args.checkpoint_every.is_some() {
+            saved.checkpoint_every = args.checkpoint_every;
+        }
+        if let Some(lr) = args.lr {
+            saved.lr = lr;
         }
         (
             saved,
@@ -469,6 +480,7 @@ fn run<B: AutodiffBackend>(
         tokenizer_file: args.tokenizer.clone(),
         resume: args.resume,
         plain_progress: args.plain.then_some(true),
+        epoch_limit: None,
     };
     let start = std::time::Instant::now();
     let shown = config.clone();

@@ -355,6 +355,7 @@ fn quick_run(dir: &Path, data: &Path, d_model: usize) -> PathBuf {
         tokenizer_file: None,
         resume: false,
         plain_progress: Some(true),
+        epoch_limit: None,
     };
     train::<AB>(tiny(d_model), &opts, device()).unwrap();
     dir.to_path_buf()

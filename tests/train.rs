@@ -54,6 +54,7 @@ fn options(dir: &Path, data: &Path) -> TrainOptions {
         tokenizer_file: None,
         resume: false,
         plain_progress: Some(true),
+        epoch_limit: None,
     }
 }
 

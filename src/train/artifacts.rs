@@ -191,7 +191,13 @@ pub(crate) fn check_start<B: Backend>(
             Ok(()) => {
                 // Intact files whose tensors do not fit this model: another configuration's
                 // checkpoint, an error rather than something to skip.
-                load_checked::<B>(&config.model, &dir.checkpoint_model(epoch), device)?;
+                let mut model = config.model.clone();
+                if model.vocab_size == 0 {
+                    model.vocab_size = TrainingConfig::load(dir.config())
+                        .map(|c| c.model.vocab_size)
+                        .unwrap_or(0);
+                }
+                load_checked::<B>(&model, &dir.checkpoint_model(epoch), device)?;
                 return Ok(Start {
                     resume_from: Some(epoch),
                     notices,

@@ -52,6 +52,9 @@ pub struct TrainOptions {
     /// Plain progress lines (`Some(true)`), the dashboard (`Some(false)`), or the dashboard only
     /// when stdout is a terminal (`None`).
     pub plain_progress: Option<bool>,
+    /// Stop after this epoch of the plan (the schedule still spans the whole plan), as an
+    /// interruption would; `--resume` continues from there. None: train every epoch.
+    pub epoch_limit: Option<usize>,
 }
 
 /// What a run is about to do, known once the data is tokenized and the model built: handed to
@@ -84,6 +87,8 @@ pub struct TrainPlan {
     /// One-line notes for the user about how the run starts (a damaged checkpoint skipped, a
     /// run started over, …).
     pub notices: Vec<String>,
+    /// The last epoch this call trains, when it stops early ([`TrainOptions::epoch_limit`]).
+    pub epoch_limit: Option<usize>,
 }
 
 impl TrainPlan {
@@ -193,6 +198,7 @@ pub fn train_with_plan<B: AutodiffBackend>(
         steps_per_pass: epochs.steps_per_pass,
         sparse_layers: model.encoder.sparse_layers(),
         notices,
+        epoch_limit: options.epoch_limit,
     };
     if !resuming {
         write_run_files(&dir, &config, &tokenizer, &model)?;
@@ -343,7 +349,8 @@ fn tokenize(
             TokenizerKind::Char | TokenizerKind::File => TextTokenizer::char_level(&text),
         }
     };
-    if !resuming {
+    // Set from the tokenizer on a fresh run, and on a resume whose config left it open (0).
+    if !resuming || config.model.vocab_size == 0 {
         config.model.vocab_size = tokenizer.vocab_size();
     }
     config.model.validate()?;
@@ -472,7 +479,11 @@ where
             interrupter,
             watch.write_failure.clone(),
         ))
-        .num_epochs(*plan.epochs.end())
+        .num_epochs(
+            plan.epoch_limit
+                .unwrap_or(usize::MAX)
+                .min(*plan.epochs.end()),
+        )
         .with_metric_logger(ResumeAwareLogger::new(&dir.0, *plan.epochs.start()));
     if let Some(epoch) = resume_from {
         training = training.checkpoint(epoch);
