@@ -429,7 +429,16 @@ fn run<B: AutodiffBackend>(
             .map_or(0, |d| d.as_secs());
         PathBuf::from("artifacts").join(secs.to_string())
     });
-    let (config, preset_line) = if args.resume {
+    // A run killed before it wrote its config.json has nothing to resume: start it afresh.
+    let resume = args.resume && artifact_dir.join("config.json").exists();
+    let fresh_note = (args.resume && !resume).then(|| {
+        format!(
+            "--resume: {} holds no run yet (it stopped before writing config.json): starting \
+             a fresh run there",
+            artifact_dir.display()
+        )
+    });
+    let (config, preset_line) = if resume {
         let mut saved = TrainingConfig::load(artifact_dir.join("config.json")).map_err(|e| {
             switch_moe::Error::Checkpoint(format!(
                 "--resume: cannot read {}/config.json ({e}): pass the --artifact-dir of an earlier run",
@@ -473,12 +482,15 @@ fn run<B: AutodiffBackend>(
     println!("  backend    {backend_line}");
     println!("  device     {}", device_line(info));
     println!("  preset     {preset_line}");
+    if let Some(note) = fresh_note {
+        println!("  note       {note}");
+    }
 
     let options = TrainOptions {
         artifact_dir: artifact_dir.clone(),
         data: args.data.clone(),
         tokenizer_file: args.tokenizer.clone(),
-        resume: args.resume,
+        resume,
         plain_progress: args.plain.then_some(true),
         epoch_limit: None,
     };

@@ -182,9 +182,12 @@ impl RunGuard {
             stopped: stop && !self.stopped,
         };
         let line = alarm.to_string();
-        // The trainer reports: one line on stderr, whatever the renderer (the dashboard shows the
-        // metric's text too).
-        eprintln!("{}: {line}", if stop { "error" } else { "warning" });
+        // The trainer reports a warning at once, one line on stderr whatever the renderer (the
+        // dashboard shows the metric's text too); a stop is reported once, by the error the
+        // trainer returns when the Learner has ended.
+        if !stop {
+            eprintln!("warning: {line}");
+        }
         if stop && !self.stopped {
             self.stopped = true;
             self.interrupter.stop(Some(&line));
