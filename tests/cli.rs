@@ -13,13 +13,6 @@ use common::*;
 use switch_moe::train::{TokenizerKind, TrainOptions, TrainingConfig, train};
 use switch_moe::{SwitchEncoderConfig, SwitchLmConfig};
 
-/// The example binaries that `cargo test` builds next to the test binaries.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    profile_dir.join("examples").join(name)
-}
-
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join("switch-moe-cli-tests").join(name);
     let _ = std::fs::remove_dir_all(&dir);

@@ -15,15 +15,6 @@ use common::*;
 use switch_moe::data::TextTokenizer;
 use switch_moe::train::{TrainingConfig, load_trained};
 
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples")
-        .join(name)
-}
-
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join("switch-moe-faults").join(name);
     let _ = std::fs::remove_dir_all(&dir);

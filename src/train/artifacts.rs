@@ -68,17 +68,7 @@ impl ArtifactDir {
 
     /// The epoch of the newest `checkpoint/model-<epoch>.mpk`.
     pub fn last_checkpoint(&self) -> Option<usize> {
-        std::fs::read_dir(self.checkpoints())
-            .ok()?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_prefix("model-")?
-                    .strip_suffix(".mpk")?
-                    .parse()
-                    .ok()
-            })
-            .max()
+        self.checkpoint_epochs().last().copied()
     }
 
     /// The checkpointed model of `epoch`, without extension.
