@@ -5,22 +5,13 @@ mod common;
 
 use burn::module::{AutodiffModule, Param};
 use common::*;
-use switch_moe::{SwitchFeedForward, SwitchFeedForwardConfig};
-
-fn config(d: usize, f: usize, e: usize) -> SwitchFeedForwardConfig {
-    SwitchFeedForwardConfig::new(d, f, e)
-        .with_jitter(0.0)
-        .with_expert_dropout(0.0)
-        .with_capacity_factor(e as f64)
-        .with_eval_capacity_factor(e as f64)
-        .with_init_scale(1.0)
-}
+use switch_moe::SwitchFeedForward;
 
 #[test]
 fn router_gets_gradients_and_idle_experts_get_zero() {
     let device = device();
     let (d, f, e) = (4, 6, 4);
-    let mut moe: SwitchFeedForward<AB> = config(d, f, e).init(&device);
+    let mut moe: SwitchFeedForward<AB> = no_drop_config(d, f, e).init(&device);
     // Positive inputs; expert 3's router column is negative, so it never wins.
     let mut rng = Rng::new(3);
     let mut router: Vec<f32> = (0..d * e).map(|_| rng.uniform() as f32).collect();
@@ -68,7 +59,7 @@ fn router_gets_gradients_and_idle_experts_get_zero() {
 fn router_gradient_matches_finite_differences() {
     let device = device();
     let (d, f, e, t) = (3, 5, 3, 4);
-    let mut moe: SwitchFeedForward<AB> = config(d, f, e).init(&device);
+    let mut moe: SwitchFeedForward<AB> = no_drop_config(d, f, e).init(&device);
     let mut rng = Rng::new(7);
     let x_host = rng.normals(t * d, 1.0);
     let proj_host = rng.normals(t * d, 1.0); // objective: <output, proj>

@@ -228,22 +228,13 @@ fn check_gradient(
     assert!(analytic.iter().any(|v| v.abs() > 1e-4), "a gradient flows");
 }
 
-fn fd_config(d: usize, e: usize) -> SwitchFeedForwardConfig {
-    SwitchFeedForwardConfig::new(d, 5, e)
-        .with_jitter(0.0)
-        .with_expert_dropout(0.0)
-        .with_capacity_factor(e as f64)
-        .with_eval_capacity_factor(e as f64)
-        .with_init_scale(1.0)
-}
-
 #[test]
 fn sigmoid_router_gradient_matches_finite_differences() {
     let device = device();
     let (d, e, t) = (3, 3, 4);
     // Top-2 so that the normalised sigmoid gates carry a gradient (top-1 sigmoid gates do too:
     // the raw score). Inputs and weights from the host generator, margins checked below.
-    let mut moe: SwitchFeedForward<AB> = fd_config(d, e)
+    let mut moe: SwitchFeedForward<AB> = no_drop_config(d, 5, e)
         .with_top_k(2)
         .with_router_score(RouterScore::Sigmoid)
         .init(&device);
@@ -278,7 +269,7 @@ fn sigmoid_router_gradient_matches_finite_differences() {
 fn shared_gate_gradient_matches_finite_differences() {
     let device = device();
     let (d, e, t) = (3, 2, 4);
-    let moe: SwitchFeedForward<AB> = fd_config(d, e)
+    let moe: SwitchFeedForward<AB> = no_drop_config(d, 5, e)
         .with_num_shared_experts(2)
         .with_shared_gate(true)
         .init(&device);

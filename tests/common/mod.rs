@@ -75,3 +75,14 @@ pub fn example(name: &str) -> std::path::PathBuf {
     let profile_dir = exe.parent().and_then(std::path::Path::parent).unwrap();
     profile_dir.join("examples").join(name)
 }
+
+/// A block for gradient checks: no jitter, no expert dropout, capacity for every token (nothing
+/// dropped, so routing is smooth between jumps), the paper's init at scale 1.
+pub fn no_drop_config(d: usize, f: usize, e: usize) -> switch_moe::SwitchFeedForwardConfig {
+    switch_moe::SwitchFeedForwardConfig::new(d, f, e)
+        .with_jitter(0.0)
+        .with_expert_dropout(0.0)
+        .with_capacity_factor(e as f64)
+        .with_eval_capacity_factor(e as f64)
+        .with_init_scale(1.0)
+}
