@@ -8,6 +8,7 @@
 
 use burn::config::Config;
 use burn::module::Module;
+use burn::nn::activation::ActivationConfig;
 use burn::nn::transformer::{
     TransformerEncoderConfig, TransformerEncoderLayer, TransformerEncoderLayerAutoregressiveCache,
 };
@@ -199,6 +200,16 @@ impl SwitchEncoderConfig {
                     "must not exceed n_layers = {}, or no layer would be sparse",
                     self.n_layers
                 ),
+            ));
+        }
+        let has_dense = (0..self.n_layers).any(|i| !self.is_sparse(i));
+        if has_dense && matches!(self.layer.moe.activation, ActivationConfig::SwiGlu(_)) {
+            return Err(Error::config(
+                C,
+                "moe_every",
+                self.moe_every,
+                "gated (SwiGlu) experts need every layer sparse (moe_every = 1): the dense \
+                 layers are burn-nn's, which have no gated feed-forward",
             ));
         }
         self.layer.validate()

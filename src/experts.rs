@@ -1,11 +1,15 @@
 //! The experts: E independent position-wise feed-forward networks stored as stacked weights, so
 //! that all of them run as one batched matmul per weight (Fedus et al. 2021, §2.1; each expert is
 //! the Transformer FFN act(x·W₁ + b₁)·W₂ + b₂).
+//!
+//! Gated experts (SwiGLU, Shazeer 2020, arXiv 2002.05202; the experts of Mixtral, Qwen2-MoE, OLMoE
+//! and DeepSeek) add a third weight W₃: (SiLU(x·W₁) ⊙ x·W₃)·W₂. Hugging Face names W₁, W₃, W₂
+//! `w1`, `w3`, `w2` (Mixtral) or `gate_proj`, `up_proj`, `down_proj` (Qwen2-MoE).
 
 use burn::module::{Module, Param};
 use burn::nn::Dropout;
 use burn::nn::activation::ActivationConfig;
-use burn::tensor::activation::{gelu, relu};
+use burn::tensor::activation::{gelu, relu, silu};
 use burn::tensor::{Tensor, backend::Backend};
 
 /// The activation of the experts' hidden layer.
@@ -15,23 +19,33 @@ pub enum ExpertActivation {
     Relu,
     /// Exact (erf) GELU.
     Gelu,
+    /// SwiGLU: SiLU(x·W₁) ⊙ (x·W₃), with the experts' third weight W₃ ([`Experts::w_up`]).
+    SwiGlu,
 }
 
 impl ExpertActivation {
-    /// Maps burn's `ActivationConfig`; only `Relu` and `Gelu` have a stacked implementation.
+    /// Maps burn's `ActivationConfig`; only `Relu`, `Gelu` and `SwiGlu` (gated experts, its
+    /// sizes checked by the config) have a stacked implementation.
     pub fn from_config(config: &ActivationConfig) -> Option<Self> {
         match config {
             ActivationConfig::Relu => Some(Self::Relu),
             ActivationConfig::Gelu => Some(Self::Gelu),
+            ActivationConfig::SwiGlu(_) => Some(Self::SwiGlu),
             _ => None,
         }
     }
 
-    /// Applies the activation element-wise.
+    /// Whether the experts have the gated third weight W₃.
+    pub fn is_gated(&self) -> bool {
+        matches!(self, Self::SwiGlu)
+    }
+
+    /// Applies the (gate's) non-linearity element-wise: ReLU, GELU, or SiLU for SwiGLU.
     pub fn forward<B: Backend, const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
             Self::Relu => relu(x),
             Self::Gelu => gelu(x),
+            Self::SwiGlu => silu(x),
         }
     }
 }
@@ -48,6 +62,9 @@ pub struct Experts<B: Backend> {
     pub b_in: Option<Param<Tensor<B, 2>>>,
     /// Output biases b₂ `[E, d]`, if enabled.
     pub b_out: Option<Param<Tensor<B, 2>>>,
+    /// Gated experts only: the linear ("up") projections W₃ `[E, d, f]`; the hidden layer is
+    /// act(x·W₁) ⊙ (x·W₃).
+    pub w_up: Option<Param<Tensor<B, 3>>>,
     /// Hidden activation.
     pub activation: ExpertActivation,
     /// Expert dropout on the hidden activations (training only).
@@ -60,7 +77,8 @@ impl<B: Backend> Experts<B> {
         self.w_in.shape().dims::<3>()[0]
     }
 
-    /// Runs expert e on row block e of the input: act(x·W₁ + b₁)·W₂ + b₂, two batched matmuls.
+    /// Runs expert e on row block e of the input: act(x·W₁ + b₁)·W₂ + b₂, two batched matmuls
+    /// (gated: (act(x·W₁) ⊙ x·W₃)·W₂, three).
     ///
     /// A zero input row gives act(b₁)·W₂ + b₂ (zero without biases); callers that must ignore
     /// empty slots do not read them back.
@@ -75,11 +93,15 @@ impl<B: Backend> Experts<B> {
             e == e_w && d == d_w,
             "Experts: input [E={e}, C, d={d}] does not match weights [E={e_w}, d={d_w}, f]"
         );
-        let mut h = x.matmul(self.w_in.val()); // [E, C, f]
+        let mut h = x.clone().matmul(self.w_in.val()); // [E, C, f]
         if let Some(b) = &self.b_in {
             h = h + b.val().unsqueeze_dim::<3>(1); // + [E, 1, f]
         }
-        let h = self.dropout.forward(self.activation.forward(h)); // [E, C, f]
+        let mut h = self.activation.forward(h); // [E, C, f]
+        if let Some(w_up) = &self.w_up {
+            h = h * x.matmul(w_up.val()); // [E, C, f] ⊙ [E, C, f]
+        }
+        let h = self.dropout.forward(h); // [E, C, f]
         let mut y = h.matmul(self.w_out.val()); // [E, C, d]
         if let Some(b) = &self.b_out {
             y = y + b.val().unsqueeze_dim::<3>(1); // + [E, 1, d]

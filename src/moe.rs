@@ -5,7 +5,7 @@
 use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param, RunningState};
 use burn::nn::activation::ActivationConfig;
-use burn::nn::{DropoutConfig, Linear};
+use burn::nn::{DropoutConfig, Linear, SwiGluConfig};
 use burn::tensor::{Bool, DType, FloatDType, Tensor, backend::Backend};
 
 use crate::dispatch::{Capacity, DispatchPlan, DropPolicy, expert_capacity};
@@ -46,8 +46,11 @@ pub struct SwitchFeedForwardConfig {
     /// training only. Default 0.01 (paper §2.4, Table 9: input jitter was the best noise).
     #[config(default = 0.01)]
     pub jitter: f64,
-    /// Expert activation: `Relu` (default, T5/Switch) or `Gelu`; no other is accepted. In a
-    /// [`SwitchEncoder`](crate::SwitchEncoder) the dense layers use it too.
+    /// Expert activation: `Relu` (default, T5/Switch), `Gelu`, or `SwiGlu` for gated experts
+    /// (SiLU(x·W₁) ⊙ x·W₃)·W₂ as in Mixtral and Qwen2-MoE (its `SwiGluConfig` must read
+    /// `d_input = d_model`, `d_output = d_ff`, no bias; [`with_swiglu`](Self::with_swiglu) sets
+    /// it). No other is accepted. In a [`SwitchEncoder`](crate::SwitchEncoder) the dense layers
+    /// use it too, so an encoder takes Relu or Gelu only.
     #[config(default = "ActivationConfig::Relu")]
     pub activation: ActivationConfig,
     /// Expert biases b₁, b₂. Default false, as in T5/Switch.
@@ -161,13 +164,41 @@ impl SwitchFeedForwardConfig {
                 "must lie in [0, 1)",
             ));
         }
-        if ExpertActivation::from_config(&self.activation).is_none() {
-            return Err(Error::config(
-                C,
-                "activation",
-                format!("{:?}", self.activation),
-                "only ActivationConfig::Relu and ActivationConfig::Gelu are supported",
-            ));
+        match &self.activation {
+            ActivationConfig::SwiGlu(glu) => {
+                if glu.d_input != self.d_model || glu.d_output != self.d_ff || glu.bias {
+                    return Err(Error::config(
+                        C,
+                        "activation",
+                        format!(
+                            "SwiGlu(d_input {}, d_output {}, bias {})",
+                            glu.d_input, glu.d_output, glu.bias
+                        ),
+                        format!(
+                            "gated experts need SwiGluConfig::new(d_model = {}, d_ff = {}) without \
+                             bias (or call with_swiglu())",
+                            self.d_model, self.d_ff
+                        ),
+                    ));
+                }
+                if self.bias {
+                    return Err(Error::config(
+                        C,
+                        "bias",
+                        true,
+                        "gated (SwiGlu) experts have no biases, as in Mixtral and Qwen2-MoE",
+                    ));
+                }
+            }
+            other if ExpertActivation::from_config(other).is_none() => {
+                return Err(Error::config(
+                    C,
+                    "activation",
+                    format!("{other:?}"),
+                    "only ActivationConfig::Relu, Gelu and SwiGlu are supported",
+                ));
+            }
+            _ => {}
         }
         check::probability(C, "expert_dropout", self.expert_dropout)?;
         if !(self.expert_bias_rate.is_finite() && self.expert_bias_rate >= 0.0) {
@@ -205,6 +236,13 @@ impl SwitchFeedForwardConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Gated SwiGLU experts, (SiLU(x·W₁) ⊙ x·W₃)·W₂ (Mixtral, Qwen2-MoE): sets `activation` to
+    /// `SwiGlu` with this config's `d_model` and `d_ff`. Set the widths first.
+    pub fn with_swiglu(self) -> Self {
+        let glu = SwiGluConfig::new(self.d_model, self.d_ff);
+        self.with_activation(ActivationConfig::SwiGlu(glu))
     }
 
     /// Builds the block. Panics with the [`validate`](Self::validate) message on a bad config.
@@ -275,12 +313,22 @@ impl SwitchFeedForwardConfig {
         let w_in = truncated_normal::<B, 3>([e, d, f], self.init_scale, d, device); // [E, d, f]
         let w_out = truncated_normal::<B, 3>([e, f, d], self.init_scale, f, device); // [E, f, d]
         let bias = |n: usize| Param::from_tensor(Tensor::<B, 2>::zeros([e, n], device));
+        let activation = ExpertActivation::from_config(&self.activation).expect("validated above");
+        let w_up = activation.is_gated().then(|| {
+            Param::from_tensor(truncated_normal::<B, 3>(
+                [e, d, f],
+                self.init_scale,
+                d,
+                device,
+            ))
+        }); // [E, d, f]
         Experts {
             w_in: Param::from_tensor(w_in),
             w_out: Param::from_tensor(w_out),
             b_in: self.bias.then(|| bias(f)),
             b_out: self.bias.then(|| bias(d)),
-            activation: ExpertActivation::from_config(&self.activation).expect("validated above"),
+            w_up,
+            activation,
             dropout: DropoutConfig::new(self.expert_dropout).init(),
         }
     }

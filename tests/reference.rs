@@ -22,6 +22,7 @@ struct HostFfn {
     w_out: Vec<f32>, // [E, f, d]
     b_in: Option<Vec<f32>>,
     b_out: Option<Vec<f32>>,
+    w_up: Option<Vec<f32>>, // [E, d, f], gated (SwiGLU) experts
 }
 
 impl HostFfn {
@@ -34,6 +35,7 @@ impl HostFfn {
             w_out: host(x.w_out.val()),
             b_in: x.b_in.as_ref().map(|b| host(b.val())),
             b_out: x.b_out.as_ref().map(|b| host(b.val())),
+            w_up: x.w_up.as_ref().map(|w| host(w.val())),
         }
     }
 
@@ -45,7 +47,16 @@ impl HostFfn {
             for (i, xi) in x.iter().enumerate() {
                 s += *xi as f64 * self.w_in[(e * d + i) * f + j] as f64;
             }
-            *hj = s.max(0.0); // ReLU
+            *hj = match &self.w_up {
+                None => s.max(0.0), // ReLU
+                Some(up) => {
+                    // SwiGLU: SiLU(x·W₁) · (x·W₃)
+                    let u: f64 = (0..d)
+                        .map(|i| x[i] as f64 * up[(e * d + i) * f + j] as f64)
+                        .sum();
+                    s / (1.0 + (-s).exp()) * u
+                }
+            };
         }
         (0..d)
             .map(|o| {
@@ -548,6 +559,28 @@ fn shared_experts_with_and_without_gate_match_reference() {
             seed,
             |c| c.with_num_shared_experts(n).with_shared_gate(gate),
             |_| {},
+            |o| o,
+        );
+    }
+}
+
+#[test]
+fn gated_swiglu_experts_match_reference() {
+    // Routed and shared (gated) experts both SwiGLU, top-1 and top-2, with and without drops.
+    for (k, cf, shared, seed) in [(1, 4.0, 0, 80), (2, 0.75, 1, 81), (2, 4.0, 2, 82)] {
+        option_case(
+            4,
+            k,
+            cf,
+            false,
+            true,
+            seed,
+            |c| {
+                c.with_swiglu()
+                    .with_num_shared_experts(shared)
+                    .with_shared_gate(shared > 0)
+            },
+            |m| assert!(m.experts.w_up.is_some(), "gated experts without W₃"),
             |o| o,
         );
     }

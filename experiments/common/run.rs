@@ -188,7 +188,7 @@ fn to_f64<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
         .expect("host copy of a float tensor")
 }
 
-/// The expert weight parameters (w_in, w_out and biases) of every sparse layer.
+/// The expert weight parameters (w_in, w_out, w_up and biases) of every sparse layer.
 fn expert_param_ids<B: Backend>(model: &SwitchLm<B>) -> Vec<ParamId> {
     let mut ids = Vec::new();
     for layer in &model.encoder.layers {
@@ -196,6 +196,7 @@ fn expert_param_ids<B: Backend>(model: &SwitchLm<B>) -> Vec<ParamId> {
             let x = &l.moe.experts;
             ids.push(x.w_in.id);
             ids.push(x.w_out.id);
+            ids.extend(x.w_up.iter().map(|p| p.id));
             ids.extend(x.b_in.iter().map(|p| p.id));
             ids.extend(x.b_out.iter().map(|p| p.id));
         }
