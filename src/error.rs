@@ -43,6 +43,15 @@ pub enum Error {
     /// A checkpoint or artifact directory cannot be used.
     #[error("{0}")]
     Checkpoint(String),
+    /// A Hugging Face safetensors file cannot be read, written or mapped onto a block; the
+    /// message names the tensor or setting.
+    #[error("{}: {message}", file.display())]
+    Hf {
+        /// The safetensors file.
+        file: PathBuf,
+        /// What is wrong, naming the tensor.
+        message: String,
+    },
     /// A command-line flag holds an unusable value.
     #[error("invalid value for {flag}: {message}")]
     Flag {
@@ -71,6 +80,15 @@ impl Error {
 }
 
 impl Error {
+    /// An [`Error::Hf`] for `file`.
+    #[cfg_attr(not(feature = "hf"), allow(dead_code))]
+    pub(crate) fn hf(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Hf {
+            file: file.into(),
+            message: message.into(),
+        }
+    }
+
     /// An [`Error::Io`] for `path`.
     #[cfg_attr(not(feature = "train"), allow(dead_code))]
     pub(crate) fn io(

@@ -47,6 +47,8 @@ pub mod expert_choice;
 pub mod experts;
 #[cfg(feature = "train")]
 pub mod generate;
+#[cfg(feature = "hf")]
+pub mod hf;
 pub mod init;
 pub mod layer;
 pub mod lm;
