@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates the Python virtual environment for the PyTorch peer benchmark (benches/peers/moe_peer.py):
-# torch 2.9.0 from PyPI, the same release as the LibTorch of scripts/install-libtorch.sh.
+# Creates the Python virtual environment for the PyTorch peer benchmark (benches/peers/moe_peer.py)
+# and the Hugging Face fixtures (benches/peers/hf_fixtures.py): torch 2.9.0 from PyPI, the same
+# release as the LibTorch of scripts/install-libtorch.sh, and transformers 4.57.1.
 #
 #   benches/peers/setup.sh [VENV]     # VENV defaults to $HOME/.cache/switch-moe/peer-venv
 #   PY="$(benches/peers/setup.sh | tail -n 1)"
@@ -20,6 +21,7 @@ set -euo pipefail
 
 TORCH_VERSION=2.9.0
 NUMPY_VERSION=2.3.4 # not needed by the benchmark; without it `import torch` warns on stderr
+TRANSFORMERS_VERSION=4.57.1 # the HF fixtures: its MoE blocks still keep one nn.Linear per expert
 VENV="${1:-$HOME/.cache/switch-moe/peer-venv}"
 PYTHON="${PYTHON:-python3}"
 
@@ -28,7 +30,7 @@ log() { echo "peer-setup: $*" >&2; }
 # ready VENV: whether the venv's python imports the expected torch.
 ready() {
     [[ -x "$1/bin/python" ]] &&
-        "$1/bin/python" -c "import sys, numpy, torch; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" \
+        "$1/bin/python" -c "import sys, numpy, torch, transformers, safetensors; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION' or transformers.__version__ != '$TRANSFORMERS_VERSION')" \
             >/dev/null 2>&1
 }
 
@@ -48,7 +50,8 @@ fi
 
 log "installing torch==$TORCH_VERSION, its dependencies (about 3 GB, CUDA libraries included) and numpy from PyPI"
 "$VENV/bin/python" -m pip install --disable-pip-version-check --no-cache-dir --progress-bar off \
-    --only-binary=:all: "torch==$TORCH_VERSION" "numpy==$NUMPY_VERSION" >&2
+    --only-binary=:all: "torch==$TORCH_VERSION" "numpy==$NUMPY_VERSION" \
+    "transformers==$TRANSFORMERS_VERSION" safetensors >&2
 
 if ! ready "$VENV"; then
     log "torch does not import in $VENV:"
