@@ -23,7 +23,7 @@ use switch_moe::backend::{DeviceInfo, DeviceKind};
 use switch_moe::generate::{SamplingConfig, generate};
 use switch_moe::train::{
     CollapsePolicy, TokenizerKind, TrainOptions, TrainPlan, TrainingConfig, load_trained,
-    train_with_plan,
+    train_data_parallel,
 };
 use switch_moe::{DropPolicy, RouterScore, RoutingMode, SwitchEncoderConfig, SwitchLmConfig};
 
@@ -126,6 +126,11 @@ struct Args {
     /// Plain progress lines even on a terminal (no dashboard).
     #[arg(long)]
     plain: bool,
+    /// Train data-parallel on N devices with burn-train's multi-device strategy: N GPUs with
+    /// cuda (and wgpu's discrete GPUs); on a CPU backend N copies of the one CPU device (the
+    /// same code path, no speed-up). --batch-size stays the global batch, split evenly.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    devices: u16,
     /// Optimiser steps per epoch, i.e. between checkpoints: a kill loses at most this many.
     /// Default: a tenth of the run (of the step budget, or of the passes, at most one pass).
     #[arg(long)]
@@ -407,6 +412,13 @@ fn print_plan(plan: &TrainPlan, config: &TrainingConfig) {
         if epochs == 1 { "" } else { "s" },
         thousands(plan.steps_per_epoch),
     );
+    if plan.devices > 1 {
+        println!(
+            "  parallel   each step: {} devices × {} windows; gradients summed on the first",
+            plan.devices,
+            plan.batch_size / plan.devices
+        );
+    }
     println!(
         "  artifacts  {} (model.txt lists the model's modules)",
         plan.artifact_dir.display()
@@ -419,10 +431,11 @@ fn print_plan(plan: &TrainPlan, config: &TrainingConfig) {
 
 fn run<B: AutodiffBackend>(
     args: Args,
-    device: B::Device,
+    devices: Vec<B::Device>,
     info: &DeviceInfo,
     autotune: Option<String>,
 ) -> Result<(), switch_moe::Error> {
+    let device = devices[0].clone();
     let artifact_dir = args.artifact_dir.clone().unwrap_or_else(|| {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -480,7 +493,13 @@ fn run<B: AutodiffBackend>(
         backend_line += ")";
     }
     println!("  backend    {backend_line}");
-    println!("  device     {}", device_line(info));
+    match devices.len() {
+        1 => println!("  device     {}", device_line(info)),
+        n => println!(
+            "  devices    {n} × {} (data parallel: burn-train's multi-device strategy)",
+            device_line(info)
+        ),
+    }
     println!("  preset     {preset_line}");
     if let Some(note) = fresh_note {
         println!("  note       {note}");
@@ -496,9 +515,8 @@ fn run<B: AutodiffBackend>(
     };
     let start = std::time::Instant::now();
     let shown = config.clone();
-    let summary = train_with_plan::<B>(config, &options, device.clone(), |plan| {
-        print_plan(plan, &shown)
-    })?;
+    let summary =
+        train_data_parallel::<B>(config, &options, devices, |plan| print_plan(plan, &shown))?;
 
     println!(
         "\ntrained in {:.1} min ({} parameters, vocab {})",
@@ -602,10 +620,10 @@ fn main() -> ExitCode {
     let args = parse_args();
     // SAFETY: no other thread has started yet (clap and mallopt start none).
     let autotune = unsafe { switch_moe::backend::prefer_minimal_autotune() };
-    let device = switch_moe::backend::default_device();
+    let devices = switch_moe::backend::data_parallel_devices(args.devices as usize);
     // Before the first tensor: with wgpu this is where the adapter is chosen.
-    let info = switch_moe::backend::describe_device(&device);
-    match run::<switch_moe::backend::SelectedAutodiff>(args, device, &info, autotune) {
+    let info = switch_moe::backend::describe_device(&devices[0]);
+    match run::<switch_moe::backend::SelectedAutodiff>(args, devices, &info, autotune) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", describe(&e));

@@ -11,6 +11,11 @@ mod selected {
     pub type Backend = burn::backend::Cuda;
     /// Its device type.
     pub type Device = burn::backend::cuda::CudaDevice;
+
+    /// GPUs 0..n.
+    pub fn devices(n: usize) -> Vec<Device> {
+        (0..n).map(Device::new).collect()
+    }
     /// Name for messages.
     pub const NAME: &str = "cuda";
 
@@ -30,6 +35,17 @@ mod selected {
     pub type Backend = burn::backend::Wgpu;
     /// Its device type.
     pub type Device = burn::backend::wgpu::WgpuDevice;
+
+    /// One device: the default adapter; n > 1: discrete GPUs 0..n (wgpu numbers them per
+    /// kind), or with `SWITCH_MOE_WGPU_SHARED=1` n copies of the default adapter (one queue:
+    /// the data-parallel code path without a second GPU).
+    pub fn devices(n: usize) -> Vec<Device> {
+        if n <= 1 || std::env::var_os("SWITCH_MOE_WGPU_SHARED").is_some() {
+            vec![Device::default(); n.max(1)]
+        } else {
+            (0..n).map(Device::DiscreteGpu).collect()
+        }
+    }
     /// Name for messages.
     pub const NAME: &str = "wgpu";
 
@@ -80,6 +96,13 @@ mod selected {
     pub type Backend = burn::backend::LibTorch;
     /// Its device type.
     pub type Device = burn::backend::libtorch::LibTorchDevice;
+
+    /// n copies of the CPU device (the data-parallel code path; the copies share the host's
+    /// cores). LibTorch's CUDA devices are not enumerated here: the crate does not link `tch`
+    /// directly to count them.
+    pub fn devices(n: usize) -> Vec<Device> {
+        vec![Device::default(); n.max(1)]
+    }
     /// Name for messages.
     pub const NAME: &str = "tch";
 
@@ -113,6 +136,12 @@ mod selected {
     pub type Backend = burn::backend::NdArray;
     /// Its device type.
     pub type Device = burn::backend::ndarray::NdArrayDevice;
+
+    /// n copies of the one CPU device: ndarray has no other (the data-parallel code path; the
+    /// copies share the host's cores, so no speed-up).
+    pub fn devices(n: usize) -> Vec<Device> {
+        vec![Device::default(); n.max(1)]
+    }
     /// Name for messages.
     pub const NAME: &str = "ndarray";
 
@@ -175,6 +204,13 @@ pub struct DeviceInfo {
     pub kind: DeviceKind,
     /// Graphics API and driver, where the backend says (wgpu: `Vulkan, llvmpipe Mesa 23.2.1`).
     pub detail: Option<String>,
+}
+
+/// `n` devices of the selected backend for data-parallel training (`--devices n`): distinct
+/// GPUs where the backend has them (cuda; wgpu discrete GPUs), otherwise n copies
+/// of the one CPU device, which runs burn-train's multi-device code path on shared cores.
+pub fn data_parallel_devices(n: usize) -> Vec<SelectedDevice> {
+    selected::devices(n)
 }
 
 /// Describes `device` of the selected backend: its name and whether it is a CPU or a GPU.

@@ -125,8 +125,10 @@ impl<B: Backend> Router<B> {
         let [_, num_experts] = scores.dims();
         let selection = match &self.expert_bias {
             Some(bias) => {
+                // Replicas on several devices share the state: read it onto ours.
                 let bias = bias
                     .value_sync()
+                    .to_device(&scores.device())
                     .cast(FloatDType::F32)
                     .reshape([1, num_experts]); // [1, E]
                 scores.clone().detach() + bias // [T, E]
@@ -167,7 +169,8 @@ impl<B: Backend> Router<B> {
         let counts = counts.detach().cast(FloatDType::F32); // [E]
         let mean = counts.clone().mean(); // [1]
         let step = (mean - counts).sign().mul_scalar(self.expert_bias_rate); // [E]
-        let updated = bias.value_sync().detach().cast(FloatDType::F32) + step; // [E]
+        let current = bias.value_sync().to_device(&step.device()).detach();
+        let updated = current.cast(FloatDType::F32) + step; // [E]
         let centred = updated.clone() - updated.mean(); // [E]
         bias.update(centred);
     }
@@ -175,7 +178,11 @@ impl<B: Backend> Router<B> {
     /// The current selection bias `[E]`, f32 (zeros when aux-loss-free balancing is off).
     pub fn expert_bias(&self) -> Tensor<B, 1> {
         match &self.expert_bias {
-            Some(bias) => bias.value_sync().detach().cast(FloatDType::F32),
+            Some(bias) => bias
+                .value_sync()
+                .to_device(&self.gate.weight.device())
+                .detach()
+                .cast(FloatDType::F32),
             None => {
                 let device = self.gate.weight.device();
                 Tensor::zeros([self.num_experts()], (&device, DType::F32))

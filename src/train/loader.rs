@@ -200,9 +200,14 @@ impl<B: Backend, I: Send + Sync + 'static, O: Send + 'static> DataLoader<B, O>
         Arc::new(self.copy(device.clone(), self.range))
     }
 
+    /// A slice counts its own epochs from this loader's next one: burn-train's multi-device
+    /// strategy iterates each device's slice once per epoch, and every slice must cut the same
+    /// epoch's order.
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, O>> {
         let (base, _) = self.range.unwrap_or((0, self.items_per_epoch()));
-        Arc::new(self.copy(self.device.clone(), Some((base + start, base + end))))
+        let mut slice = self.copy(self.device.clone(), Some((base + start, base + end)));
+        slice.next_epoch = Arc::new(AtomicUsize::new(self.next_epoch.load(Ordering::SeqCst)));
+        Arc::new(slice)
     }
 }
 

@@ -21,6 +21,6 @@ pub use loader::{EpochLoader, EpochOrder, epoch_seed};
 pub use logger::ResumeAwareLogger;
 pub use metrics::{LmMetric, LmMetricKind};
 pub use renderer::PlainRenderer;
-pub use run::{TrainOptions, TrainPlan, TrainSummary, train, train_with_plan};
+pub use run::{TrainOptions, TrainPlan, TrainSummary, train, train_data_parallel, train_with_plan};
 pub use schedule::WarmupCosineLr;
 pub use step::LmStats;

@@ -16,8 +16,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::metric::LearningRateMetric;
 use burn::train::metric::store::{Aggregate, Direction, Split};
 use burn::train::{
-    Learner, LearningComponentsMarker, MetricEarlyStoppingStrategy, StoppingCondition,
-    SupervisedTraining,
+    ExecutionStrategy, Learner, LearningComponentsMarker, MetricEarlyStoppingStrategy,
+    MultiDeviceOptim, StoppingCondition, SupervisedTraining,
 };
 
 use super::artifacts::{ArtifactDir, Start, check_start, epoch_metric, load_checked};
@@ -84,6 +84,8 @@ pub struct TrainPlan {
     pub steps_per_pass: usize,
     /// The sparse (MoE) layers, 0-based.
     pub sparse_layers: Vec<usize>,
+    /// Devices training in data parallel (each takes `batch_size / devices` windows per step).
+    pub devices: usize,
     /// One-line notes for the user about how the run starts (a damaged checkpoint skipped, a
     /// run started over, …).
     pub notices: Vec<String>,
@@ -138,12 +140,54 @@ pub fn train<B: AutodiffBackend>(
 /// checkpoint and the same model config. Nothing in the directory is written before the inputs
 /// have been checked.
 pub fn train_with_plan<B: AutodiffBackend>(
-    mut config: TrainingConfig,
+    config: TrainingConfig,
     options: &TrainOptions,
     device: B::Device,
     on_plan: impl FnOnce(&TrainPlan),
 ) -> MoeResult<TrainSummary> {
+    train_data_parallel::<B>(config, options, vec![device], on_plan)
+}
+
+/// [`train_with_plan`] on several devices: burn-train's `ExecutionStrategy::MultiDevice` (data
+/// parallel, gradients gathered on `devices[0]`, which also validates and checkpoints). One
+/// device trains as [`train_with_plan`] does.
+///
+/// `config.batch_size` stays the **global** batch: each device takes `batch_size / n` windows
+/// of every step (it must divide), so the epoch plan, the schedule and the tokens per optimiser
+/// step are those of a one-device run. Each device's shard computes its own cross-entropy,
+/// load-balancing and z-losses (means over its tokens); burn-train **sums** the n shards'
+/// gradients, which AdamW's update does not see (it is invariant to the gradient's scale up to
+/// ε) once the per-tensor clipping threshold is scaled by n as well, which this function does.
+/// The metrics receive each shard's step output and weight them by tokens, so the epoch values
+/// (and the expert fractions, summing to 1) cover every device's tokens. The aux-loss-free
+/// expert bias is one [`RunningState`](burn::module::RunningState) shared by the replicas: each
+/// shard computes its update from its own counts, and Burn folds the n pending values into
+/// their mean before the next read, so every device selects with the same bias, which moves
+/// once per optimiser step by the mean of the shards' updates; it is saved once, with the model.
+///
+/// # Errors
+/// As [`train_with_plan`], and a config error when `batch_size` is not a multiple of the
+/// number of devices.
+pub fn train_data_parallel<B: AutodiffBackend>(
+    mut config: TrainingConfig,
+    options: &TrainOptions,
+    devices: Vec<B::Device>,
+    on_plan: impl FnOnce(&TrainPlan),
+) -> MoeResult<TrainSummary> {
     config.validate()?;
+    let n_devices = devices.len().max(1);
+    if !config.batch_size.is_multiple_of(n_devices) {
+        return Err(Error::Config {
+            config: "TrainingConfig",
+            field: "batch_size",
+            value: config.batch_size.to_string(),
+            reason: format!(
+                "the global batch must split evenly over {n_devices} devices (a multiple of \
+                 {n_devices})"
+            ),
+        });
+    }
+    let device = devices.first().cloned().unwrap_or_default();
     let dir = ArtifactDir(options.artifact_dir.clone());
     let Start {
         resume_from,
@@ -164,7 +208,14 @@ pub fn train_with_plan<B: AutodiffBackend>(
     let epochs = config.epoch_plan(train_windows.len());
     check_unfinished(&dir, &epochs, resume_from)?;
     check_memory(&config)?;
-    let train_loader = train_loader::<B>(&config, &epochs, train_windows, first_epoch, &device);
+    let train_loader = train_loader::<B>(
+        &config,
+        &epochs,
+        train_windows,
+        first_epoch,
+        config.batch_size / n_devices,
+        &device,
+    );
     let valid_loader = DataLoaderBuilder::<B::InnerBackend, _, _>::new(LmBatcher)
         .batch_size(config.batch_size)
         .build(TokenWindows::new(valid_tokens, config.seq_len()));
@@ -174,7 +225,10 @@ pub fn train_with_plan<B: AutodiffBackend>(
     let model: SwitchLm<B> = config.model.init(&device);
     let optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
-        .with_grad_clipping(Some(GradientClippingConfig::Norm(config.grad_clip as f32)))
+        // burn-train sums the devices' gradients: clip the sum at n × the threshold.
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(
+            (config.grad_clip * n_devices as f64) as f32,
+        )))
         .init();
     let total_steps = epochs.total_steps;
     let schedule = WarmupCosineLr::new(
@@ -197,6 +251,7 @@ pub fn train_with_plan<B: AutodiffBackend>(
         steps_per_epoch: epochs.steps_per_epoch,
         steps_per_pass: epochs.steps_per_pass,
         sparse_layers: model.encoder.sparse_layers(),
+        devices: n_devices,
         notices,
         epoch_limit: options.epoch_limit,
     };
@@ -210,7 +265,7 @@ pub fn train_with_plan<B: AutodiffBackend>(
         .plain_progress
         .unwrap_or_else(|| !std::io::IsTerminal::is_terminal(&std::io::stdout()));
     let watch = Watch::default();
-    let training = supervised_training::<B, _>(
+    let mut training = supervised_training::<B, _>(
         &dir,
         &config,
         &plan,
@@ -220,6 +275,11 @@ pub fn train_with_plan<B: AutodiffBackend>(
         valid_loader,
         &watch,
     );
+    if n_devices > 1 {
+        training = training.with_training_strategy(
+            ExecutionStrategy::<B>::multi(devices, MultiDeviceOptim::OptimMainDevice).into(),
+        );
+    }
     let result = training.launch(Learner::new(model, optimizer, schedule));
     watch.check(&dir)?;
 
@@ -393,7 +453,7 @@ fn split_text(text: &str, valid_fraction: f64) -> (&str, &str) {
     text.split_at(cut)
 }
 
-/// The training loader: each epoch's windows (a budget's random draw, or a slice of the stream
+/// The training loader (batches of `batch_size`: the global batch over the devices): each epoch's windows (a budget's random draw, or a slice of the stream
 /// of shuffled passes) from (seed, epoch), starting at `first_epoch`; each epoch reseeds the
 /// backend's generator (dropout, jitter) likewise.
 fn train_loader<B: AutodiffBackend>(
@@ -401,20 +461,16 @@ fn train_loader<B: AutodiffBackend>(
     epochs: &EpochPlan,
     windows: TokenWindows,
     first_epoch: usize,
+    batch_size: usize,
     device: &B::Device,
 ) -> Arc<dyn DataLoader<B, LmBatch<B>>> {
     let windows: Arc<dyn Dataset<Vec<u32>>> = Arc::new(windows);
     Arc::new(
-        EpochLoader::new(
-            windows,
-            Arc::new(LmBatcher),
-            config.batch_size,
-            device.clone(),
-        )
-        .with_order(epochs.order)
-        .with_seed(config.seed)
-        .with_first_epoch(first_epoch)
-        .with_backend_reseed(true),
+        EpochLoader::new(windows, Arc::new(LmBatcher), batch_size, device.clone())
+            .with_order(epochs.order)
+            .with_seed(config.seed)
+            .with_first_epoch(first_epoch)
+            .with_backend_reseed(true),
     )
 }
 
@@ -458,7 +514,8 @@ where
         interrupter.clone(),
         watch.alarms.clone(),
     )
-    .with_steps_per_epoch(plan.steps_per_epoch);
+    // The Learner counts one iteration per device's shard.
+    .with_steps_per_epoch(plan.steps_per_epoch * plan.devices);
     training = training.metric_train(guard);
     for kind in [LmMetricKind::Loss, LmMetricKind::Perplexity] {
         training = training
@@ -500,9 +557,10 @@ where
         ));
     }
     if plain {
-        training = training.renderer(
-            PlainRenderer::new(10).with_run(plan.steps_per_epoch, plan.tokens_per_step()),
-        );
+        training = training.renderer(PlainRenderer::new(10).with_run(
+            plan.steps_per_epoch * plan.devices,
+            plan.tokens_per_step() / plan.devices,
+        ));
     }
     training
 }
