@@ -242,8 +242,12 @@ fn run_case(case: &Case, warmup: usize, reps: usize, peer: Option<(&str, usize)>
         })
     });
 
+    // The experts' matmul FLOPs of forward + backward (3 × the forward's 2 matmuls of
+    // 2·E·C·d·f each) over the whole layer's time: a lower bound on the matmuls' throughput.
+    let expert_flops = 3.0 * 2.0 * 2.0 * (e * capacity) as f64 * d as f64 * f as f64;
+    let tflops = expert_flops / (moe_fb * 1e-3) / 1e12;
     let mut row = format!(
-        "| {t:>5} | {d}/{f} | {e:>3} | {k} | {dense_fwd:>7.1} | {moe_fwd:>7.1} | {:>5.2} | {dense_fb:>7.1} | {moe_fb:>7.1} | {:>5.2} | {:>5.2} | {} | {} |",
+        "| {t:>5} | {d}/{f} | {e:>3} | {k} | {dense_fwd:>7.1} | {moe_fwd:>7.1} | {:>5.2} | {dense_fb:>7.1} | {moe_fb:>7.1} | {:>5.2} | {:>5.2} | {} | {} | {tflops:>6.3} |",
         moe_fwd / dense_fwd,
         moe_fb / dense_fb,
         dropless_fb / dense_fb,
@@ -425,9 +429,9 @@ fn main() {
         return;
     }
     let mut header = String::from(
-        "| T | d/f | E | k | dense fwd | MoE fwd | MoE/dense | dense f+b | MoE f+b | MoE/dense | dropless/dense | naive f+b | naive/MoE |",
+        "| T | d/f | E | k | dense fwd | MoE fwd | MoE/dense | dense f+b | MoE f+b | MoE/dense | dropless/dense | naive f+b | naive/MoE | expert TFLOP/s |",
     );
-    let mut rule = String::from("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut rule = String::from("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     if peer.is_some() {
         header.push_str(" torch dense f+b | torch HF f+b | HF/dense | dense: ours/torch | MoE: ours/HF | MoE: ours/grouped |");
         rule.push_str("---|---|---|---|---|---|");

@@ -16,8 +16,14 @@ const D: usize = 16;
 const F: usize = 32;
 const E: usize = 4;
 
+/// `tests/fixtures/hf/{name}.safetensors`, or under `$SWITCH_MOE_HF_FIXTURES` (a test binary
+/// carried to another machine: benches/gpu.sh).
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/hf/{name}.safetensors"))
+    let dir = std::env::var_os("SWITCH_MOE_HF_FIXTURES").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf"),
+        PathBuf::from,
+    );
+    dir.join(format!("{name}.safetensors"))
 }
 
 /// (name, format, prefix, config) of each fixture.
