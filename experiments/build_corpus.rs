@@ -107,10 +107,10 @@ fn locked_packages() -> Vec<(String, String)> {
                     .map(String::from)
             })
         };
-        if field("source").is_some_and(|s| s.starts_with("registry+")) {
-            if let (Some(n), Some(v)) = (field("name"), field("version")) {
-                out.push((n, v));
-            }
+        if field("source").is_some_and(|s| s.starts_with("registry+"))
+            && let (Some(n), Some(v)) = (field("name"), field("version"))
+        {
+            out.push((n, v));
         }
     }
     out
@@ -123,7 +123,7 @@ fn crate_cache() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .unwrap_or_else(|| fail("neither CARGO_HOME nor HOME is set"));
     let cache = home.join("registry/cache");
-    let dir = std::fs::read_dir(&cache)
+    std::fs::read_dir(&cache)
         .ok()
         .and_then(|entries| {
             entries
