@@ -140,8 +140,7 @@ fn crate_cache() -> PathBuf {
                 "no crates.io cache under {}: run `cargo fetch`",
                 cache.display()
             ))
-        });
-    dir
+        })
 }
 
 /// The `.rs` and `.md` files of one `.crate` (a gzipped tar), sorted by path.
