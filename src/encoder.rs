@@ -39,6 +39,11 @@ pub struct SwitchEncoderConfig {
     pub moe_every: usize,
     /// The settings of every layer (attention, norms, dropout, and the MoE block).
     pub layer: SwitchEncoderLayerConfig,
+    /// Hidden width of the dense layers' FFNs; `None` (default): the MoE config's `d_ff`. A
+    /// parameter-matched dense baseline sets the sparse layers to one expert of width E·d_ff
+    /// and keeps the dense layers at d_ff.
+    #[serde(default)]
+    pub dense_d_ff: Option<usize>,
 }
 
 impl Config for SwitchEncoderConfig {}
@@ -63,6 +68,7 @@ impl SwitchEncoderConfig {
             n_layers,
             moe_every: 2,
             layer: SwitchEncoderLayerConfig::new(d_model, d_ff, n_heads, num_experts),
+            dense_d_ff: None,
         }
     }
 
@@ -74,6 +80,12 @@ impl SwitchEncoderConfig {
     /// Sets [`moe_every`](Self::moe_every).
     pub fn with_moe_every(mut self, moe_every: usize) -> Self {
         self.moe_every = moe_every;
+        self
+    }
+
+    /// Sets [`dense_d_ff`](Self::dense_d_ff).
+    pub fn with_dense_d_ff(mut self, dense_d_ff: Option<usize>) -> Self {
+        self.dense_d_ff = dense_d_ff;
         self
     }
 
@@ -169,12 +181,12 @@ impl SwitchEncoderConfig {
     }
 
     /// The config burn-nn builds the dense layers from: the layer's attention settings, with
-    /// the MoE config's `d_ff` and activation.
+    /// `dense_d_ff` (default the MoE config's `d_ff`) and the MoE config's activation.
     pub fn dense_config(&self) -> TransformerEncoderConfig {
         let layer = &self.layer;
         TransformerEncoderConfig::new(
             layer.d_model(),
-            layer.moe.d_ff,
+            self.dense_d_ff.unwrap_or(layer.moe.d_ff),
             layer.n_heads,
             self.n_layers,
         )
@@ -201,6 +213,9 @@ impl SwitchEncoderConfig {
                     self.n_layers
                 ),
             ));
+        }
+        if self.dense_d_ff == Some(0) {
+            return Err(Error::config(C, "dense_d_ff", 0, "must be at least 1"));
         }
         let has_dense = (0..self.n_layers).any(|i| !self.is_sparse(i));
         if has_dense && matches!(self.layer.moe.activation, ActivationConfig::SwiGlu(_)) {

@@ -102,9 +102,15 @@ impl SwitchLmConfig {
         let (d, f, e, v) = (moe.d_model, moe.d_ff, moe.num_experts, self.vocab_size);
         let norm = 2 * d; // LayerNorm gamma and beta
         let attention = 4 * (d * d + d) + 2 * norm; // q, k, v, out with biases; two norms
-        let dense = attention + d * f + f + f * d + d; // burn-nn's FFN has biases
+        let f_dense = enc.dense_d_ff.unwrap_or(f);
+        let dense = attention + d * f_dense + f_dense + f_dense * d + d; // burn-nn's FFN has biases
         let expert_bias = if moe.bias { f + d } else { 0 };
-        let ffn_experts = |n: usize| n * (2 * d * f + expert_bias);
+        let gated = matches!(
+            moe.activation,
+            burn::nn::activation::ActivationConfig::SwiGlu(_)
+        );
+        let weights = if gated { 3 } else { 2 }; // W₁, W₂ (and W₃)
+        let ffn_experts = |n: usize| n * (weights * d * f + expert_bias);
         let sparse = attention
             + d * e // router
             + ffn_experts(e)

@@ -151,6 +151,12 @@ fn lm_parameter_count_from_the_config_matches_the_built_model() {
                     .with_shared_gate(true)
                     .with_expert_bias_rate(1e-3)
             }),
+        // Gated experts, every layer sparse.
+        SwitchEncoderConfig::new(8, 12, 2, 2, 3)
+            .with_moe_every(1)
+            .map_moe(|m| m.with_swiglu().with_num_shared_experts(1)),
+        // A parameter-matched dense baseline: one wide expert, narrower dense layers.
+        SwitchEncoderConfig::new(8, 48, 2, 4, 1).with_dense_d_ff(Some(12)),
     ] {
         let config = switch_moe::SwitchLmConfig::new(11, 7, encoder);
         let model = config.init::<switch_moe::backend::TestBackend>(&device);
