@@ -73,6 +73,70 @@ pub struct Corpus {
     pub valid: Vec<u32>,
     /// Vocabulary size.
     pub vocab_size: usize,
+    /// Per-domain held-out splits of a multi-domain corpus (empty otherwise).
+    pub domains: Vec<DomainSplits>,
+}
+
+/// One domain's validation and test tokens.
+pub struct DomainSplits {
+    /// The domain's name (`shakespeare`, `rust`, `prose`).
+    pub name: String,
+    /// Validation tokens.
+    pub valid: Vec<u32>,
+    /// Test tokens.
+    pub test: Vec<u32>,
+}
+
+/// The multi-domain corpus of `experiments/build_corpus.rs` (`dir`, default
+/// `~/.cache/switch-moe/multidomain`), byte-level (vocabulary 256): training on the domains'
+/// concatenated training splits (so each domain weighs by its size), validation curves on the
+/// concatenated validation splits, and each domain's validation and test splits apart.
+pub fn load_multidomain(dir: Option<&std::path::Path>) -> Corpus {
+    let dir = dir.map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        home.join(".cache/switch-moe/multidomain")
+    });
+    let read = |domain: &str, split: &str| -> Vec<u32> {
+        let file = dir.join(domain).join(format!("{split}.txt"));
+        match std::fs::read(&file) {
+            Ok(bytes) => bytes.into_iter().map(u32::from).collect(),
+            Err(e) => fail(&format!(
+                "cannot read {}: {e}; build the corpus first: cargo run --release --features \
+                 experiments --example build_corpus",
+                file.display()
+            )),
+        }
+    };
+    let (mut train, mut valid, mut domains) = (Vec::new(), Vec::new(), Vec::new());
+    for name in ["shakespeare", "rust", "prose"] {
+        train.extend(read(name, "train"));
+        let v = read(name, "valid");
+        valid.extend(v.iter().copied());
+        domains.push(DomainSplits {
+            name: name.to_string(),
+            valid: v,
+            test: read(name, "test"),
+        });
+    }
+    eprintln!(
+        "multi-domain corpus {}: {} train / {} valid bytes; test {}",
+        dir.display(),
+        train.len(),
+        valid.len(),
+        domains
+            .iter()
+            .map(|d| format!("{} {}", d.name, d.test.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Corpus {
+        train,
+        valid,
+        vocab_size: 256,
+        domains,
+    }
 }
 
 /// Loads the corpus, optionally keeping only its first `max_chars` characters (a small corpus is
@@ -100,6 +164,7 @@ pub fn load_char_corpus(args: &CommonArgs, max_chars: Option<usize>) -> Corpus {
         train,
         valid,
         vocab_size: tokenizer.vocab_size(),
+        domains: Vec::new(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::{AutodiffModule, Module, ParamId};
+use burn::module::{AutodiffModule, Module, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -46,6 +46,56 @@ pub struct RunSpec {
     pub eval_windows: usize,
     /// Record routing fractions averaged over this many steps.
     pub log_every: usize,
+    /// `Some(c)`: constant learning rate after the warm-up, then a linear cooldown to 0 over
+    /// the last fraction c of the steps (curves of different runs compare step by step until
+    /// the cooldown); `None`: cosine to 10%.
+    pub cooldown: Option<f64>,
+    /// Zero the sparse layers' expert output weights and freeze the experts: the same function
+    /// as a model without those FFNs (the headroom probe's "FFNs removed" arm).
+    pub remove_sparse_ffn: bool,
+}
+
+impl RunSpec {
+    /// The learning rate at `step` (1-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        match self.cooldown {
+            None => WarmupCosineLr::new(self.lr, self.lr * 0.1, self.warmup_steps, self.steps)
+                .lr_at(step),
+            Some(c) => {
+                let warm = self.warmup_steps.max(1);
+                let cool = ((self.steps as f64 * c).round() as usize).max(1);
+                let start = self.steps.saturating_sub(cool);
+                if step <= warm {
+                    self.lr * step as f64 / warm as f64
+                } else if step > start {
+                    self.lr * (self.steps - step) as f64 / cool as f64
+                } else {
+                    self.lr
+                }
+            }
+        }
+    }
+
+    /// The last step before the cooldown (the whole run without one).
+    pub fn constant_until(&self) -> usize {
+        match self.cooldown {
+            Some(c) => self
+                .steps
+                .saturating_sub(((self.steps as f64 * c).round() as usize).max(1)),
+            None => self.steps,
+        }
+    }
+}
+
+/// A domain's cross-entropy on its full held-out splits at the end of a run.
+#[derive(Debug, Clone)]
+pub struct DomainEval {
+    /// The domain.
+    pub name: String,
+    /// Cross-entropy on the whole test split (nats per token).
+    pub test_ce: f64,
+    /// Tokens evaluated.
+    pub tokens: usize,
 }
 
 /// The state at one validation point.
@@ -101,6 +151,8 @@ pub struct RunLog {
     pub diverged_at: Option<usize>,
     /// Parameters in the model.
     pub num_params: usize,
+    /// Per-domain test cross-entropy at the end (multi-domain corpora only).
+    pub final_eval: Vec<DomainEval>,
 }
 
 impl RunLog {
@@ -242,6 +294,25 @@ fn evaluate<B: Backend>(
     total / n as f64
 }
 
+/// Cross-entropy over every token of `tokens` that has a full window: non-overlapping windows
+/// of the model's length, each token predicted once; the token-weighted mean.
+fn evaluate_all<B: Backend>(
+    model: &SwitchLm<B>,
+    tokens: &[u32],
+    spec: &RunSpec,
+    device: &B::Device,
+) -> f64 {
+    let seq = spec.model.max_seq_len;
+    let n = (tokens.len().saturating_sub(1)) / seq;
+    let starts: Vec<usize> = (0..n).map(|i| i * seq).collect();
+    let mut total = 0.0;
+    for chunk in starts.chunks(spec.batch_size * 4) {
+        let out = model.forward_step(batch::<B>(tokens, chunk, seq, device));
+        total += to_f64(out.cross_entropy)[0] * chunk.len() as f64;
+    }
+    total / n.max(1) as f64
+}
+
 /// Trains `spec` on `corpus` and records it. Progress goes to stderr, one line per validation.
 pub fn train_run<B: AutodiffBackend>(
     spec: &RunSpec,
@@ -250,6 +321,15 @@ pub fn train_run<B: AutodiffBackend>(
 ) -> RunLog {
     B::seed(device, spec.seed);
     let mut model: SwitchLm<B> = spec.model.init(device);
+    if spec.remove_sparse_ffn {
+        for layer in model.encoder.layers.iter_mut() {
+            if let EncoderBlock::Sparse(l) = layer {
+                let w = l.moe.experts.w_out.val();
+                l.moe.experts.w_out = Param::from_tensor(w.zeros_like());
+                l.moe.experts = l.moe.experts.clone().no_grad();
+            }
+        }
+    }
     let num_params = model.num_params();
     let seq = spec.model.max_seq_len;
     let optim_config = AdamWConfig::new()
@@ -258,7 +338,6 @@ pub fn train_run<B: AutodiffBackend>(
     let mut optim = optim_config.init::<B, SwitchLm<B>>();
     let mut expert_optim = optim_config.init::<B, SwitchLm<B>>();
     let expert_ids = expert_param_ids(&model);
-    let schedule = WarmupCosineLr::new(spec.lr, spec.lr * 0.1, spec.warmup_steps, spec.steps);
     let mut rng = HostRng::new(spec.seed ^ 0x5EED);
     let tokens_per_step = spec.batch_size * seq;
 
@@ -278,7 +357,7 @@ pub fn train_run<B: AutodiffBackend>(
             .collect();
         let out = model.forward_step(batch::<B>(&corpus.train, &starts, seq, device));
         let mut grads = out.loss.backward();
-        let lr = schedule.lr_at(step);
+        let lr = spec.lr_at(step);
         if spec.expert_lr_ratio != 1.0 {
             let expert_grads = GradientsParams::from_params(&mut grads, &model, &expert_ids);
             let rest = GradientsParams::from_grads(grads, &model);
@@ -356,7 +435,33 @@ pub fn train_run<B: AutodiffBackend>(
         }
     }
     let steps_done = diverged_at.map_or(spec.steps, |s| s - 1);
+    let final_eval = if diverged_at.is_none() {
+        let valid_model = model.valid();
+        corpus
+            .domains
+            .iter()
+            .map(|d| {
+                let t0 = Instant::now();
+                let test_ce = evaluate_all(&valid_model, &d.test, spec, device);
+                eprintln!(
+                    "[{}] test {}: {test_ce:.4} over {} tokens ({:.0} s)",
+                    spec.name,
+                    d.name,
+                    d.test.len(),
+                    t0.elapsed().as_secs_f64()
+                );
+                DomainEval {
+                    name: d.name.clone(),
+                    test_ce,
+                    tokens: d.test.len(),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     RunLog {
+        final_eval,
         spec: spec.clone(),
         points,
         routing,
@@ -455,6 +560,8 @@ pub fn base_spec(
         batch_size,
         // Fastest stable lr found for this size; warm-up 5% then cosine to 10%.
         lr: 3e-3,
+        cooldown: None,
+        remove_sparse_ffn: false,
         expert_lr_ratio: 1.0,
         warmup_steps: (steps / 20).max(1),
         weight_decay: 0.01,
