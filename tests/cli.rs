@@ -13,13 +13,6 @@ use common::*;
 use switch_moe::train::{TokenizerKind, TrainOptions, TrainingConfig, train};
 use switch_moe::{SwitchEncoderConfig, SwitchLmConfig};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join("switch-moe-cli-tests").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Tiny model flags, so that a run that wrongly starts stays short.
 const TINY: [&str; 18] = [
     "--d-model",
@@ -130,7 +123,7 @@ fn help_says_what_each_program_does_and_lists_the_presets() {
 
 #[test]
 fn a_run_says_what_it_does_and_shows_speed_and_time_left() {
-    let dir = scratch("start-block");
+    let dir = scratch_in("cli-tests", "start-block");
     let data = file_with(
         &dir,
         "corpus.txt",
@@ -193,7 +186,7 @@ fn a_run_says_what_it_does_and_shows_speed_and_time_left() {
 
 #[test]
 fn missing_corpus_file() {
-    let dir = scratch("missing");
+    let dir = scratch_in("cli-tests", "missing");
     let run = dir.join("run");
     train_fails(
         &[
@@ -209,7 +202,7 @@ fn missing_corpus_file() {
 
 #[test]
 fn empty_corpus() {
-    let dir = scratch("empty");
+    let dir = scratch_in("cli-tests", "empty");
     let data = file_with(&dir, "empty.txt", b"  \n\n");
     train_fails(
         &[
@@ -225,7 +218,7 @@ fn empty_corpus() {
 
 #[test]
 fn corpus_shorter_than_one_window() {
-    let dir = scratch("short");
+    let dir = scratch_in("cli-tests", "short");
     let data = file_with(&dir, "short.txt", b"To be, or not to be.");
     train_fails(
         &[
@@ -241,7 +234,7 @@ fn corpus_shorter_than_one_window() {
 
 #[test]
 fn non_utf8_corpus() {
-    let dir = scratch("latin1");
+    let dir = scratch_in("cli-tests", "latin1");
     let data = file_with(&dir, "latin1.txt", b"caf\xe9 cr\xe8me\n");
     train_fails(
         &[
@@ -256,7 +249,7 @@ fn non_utf8_corpus() {
 
 #[test]
 fn unreadable_tokenizer() {
-    let dir = scratch("tokenizer");
+    let dir = scratch_in("cli-tests", "tokenizer");
     let data = file_with(
         &dir,
         "corpus.txt",
@@ -290,7 +283,7 @@ fn unreadable_tokenizer() {
 
 #[test]
 fn invalid_flag_values_name_the_flag() {
-    let dir = scratch("flags");
+    let dir = scratch_in("cli-tests", "flags");
     let data = file_with(
         &dir,
         "corpus.txt",
@@ -370,7 +363,7 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn resume_errors_and_existing_runs_are_not_overwritten() {
-    let dir = scratch("resume");
+    let dir = scratch_in("cli-tests", "resume");
     let data = file_with(
         &dir,
         "corpus.txt",

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,20 +14,6 @@ use burn::config::Config;
 use common::*;
 use switch_moe::data::TextTokenizer;
 use switch_moe::train::{TrainingConfig, load_trained};
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join("switch-moe-faults").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn corpus(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string("../shared/data/tinyshakespeare.txt").unwrap();
-    let file = dir.join("corpus.txt");
-    std::fs::write(&file, text.chars().take(20_000).collect::<String>()).unwrap();
-    file
-}
 
 /// A tiny character-level model.
 const TINY: [&str; 16] = [
@@ -72,8 +58,8 @@ fn error_lines(stderr: &str) -> Vec<&str> {
 
 #[test]
 fn a_nan_loss_stops_the_run_and_the_last_good_checkpoint_resumes() {
-    let dir = scratch("nan");
-    let data = corpus(&dir);
+    let dir = scratch_in("faults", "nan");
+    let data = corpus_slice(&dir, 20_000);
     let run = dir.join("run");
     // Two good epochs of 2 steps.
     let out = train(
@@ -127,8 +113,8 @@ fn a_nan_loss_stops_the_run_and_the_last_good_checkpoint_resumes() {
 
 #[test]
 fn collapse_alarms_warn_or_stop() {
-    let dir = scratch("collapse");
-    let data = corpus(&dir);
+    let dir = scratch_in("faults", "collapse");
+    let data = corpus_slice(&dir, 20_000);
     // A threshold a random router always passes: E · max fraction ≥ 1.01.
     let alarm = [
         "--aux-coef",
@@ -169,8 +155,8 @@ fn collapse_alarms_warn_or_stop() {
 
 #[test]
 fn bad_environments_give_one_error_line() {
-    let dir = scratch("env");
-    let data = corpus(&dir);
+    let dir = scratch_in("faults", "env");
+    let data = corpus_slice(&dir, 20_000);
     // An artifact directory inside a regular file cannot be created, even by root.
     let blocker = dir.join("file");
     std::fs::write(&blocker, "not a directory").unwrap();
@@ -261,8 +247,8 @@ fn phase(run: &Path) -> &'static str {
 
 #[test]
 fn kill_9_at_varied_moments_then_resume_completes() {
-    let dir = scratch("kill");
-    let data = corpus(&dir);
+    let dir = scratch_in("faults", "kill");
+    let data = corpus_slice(&dir, 20_000);
     let run = dir.join("run");
     let args = ["--max-steps", "24", "--checkpoint-every", "3"];
     // Every artifact write sleeps halfway for 150 ms, so that kills land inside writes too.

@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use switch_moe::train::{
@@ -21,25 +21,10 @@ use switch_moe::train::{
 };
 use switch_moe::{EncoderBlock, Error, SwitchEncoderConfig, SwitchLmConfig};
 
-const CORPUS: &str = "../shared/data/tinyshakespeare.txt";
 const BATCH: usize = 8;
 const SEQ: usize = 16;
 const STEPS_PER_EPOCH: usize = 12;
 const E: usize = 4;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join("switch-moe-multi").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn corpus(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(CORPUS).expect(CORPUS);
-    let file = dir.join("corpus.txt");
-    std::fs::write(&file, text.chars().take(20_000).collect::<String>()).unwrap();
-    file
-}
 
 fn config(seed: u64) -> TrainingConfig {
     let encoder = SwitchEncoderConfig::new(16, 32, 2, 2, E)
@@ -99,8 +84,8 @@ fn log_counts(dir: &Path, split: &str, epoch: usize, name: &str) -> (usize, f64)
 
 #[test]
 fn two_devices_train_like_one_and_metrics_cover_both() {
-    let root = scratch("runs");
-    let data = corpus(&root);
+    let root = scratch_in("multi", "runs");
+    let data = corpus_slice(&root, 20_000);
     let one_a = run(&root.join("one-a"), &data, 1, 1);
     let one_b = run(&root.join("one-b"), &data, 2, 1);
     let two_dir = root.join("two-a");
@@ -182,8 +167,8 @@ fn two_devices_train_like_one_and_metrics_cover_both() {
 
 #[test]
 fn a_batch_that_does_not_split_over_the_devices_is_refused() {
-    let root = scratch("uneven");
-    let data = corpus(&root);
+    let root = scratch_in("multi", "uneven");
+    let data = corpus_slice(&root, 20_000);
     let err = train_data_parallel::<AB>(
         config(1).with_batch_size(9),
         &options(&root.join("run"), &data),

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
@@ -16,22 +16,6 @@ use switch_moe::train::{
     TokenizerKind, TrainOptions, TrainingConfig, epoch_metric, load_trained, train,
 };
 use switch_moe::{SwitchEncoderConfig, SwitchLmConfig};
-
-const CORPUS: &str = "../shared/data/tinyshakespeare.txt";
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join("switch-moe-resume").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn corpus(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(CORPUS).expect(CORPUS);
-    let file = dir.join("corpus.txt");
-    std::fs::write(&file, text.chars().take(20_000).collect::<String>()).unwrap();
-    file
-}
 
 /// Dropout, jitter and the aux-loss-free bias all on, so that every source of state counts.
 fn config() -> TrainingConfig {
@@ -72,8 +56,8 @@ impl ModuleVisitor<B> for Weights {
 fn resume_is_exact_and_runs_repeat() {
     // SAFETY: set before any thread of this test binary starts (one test in this file).
     unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
-    let root = scratch("exact");
-    let data = corpus(&root);
+    let root = scratch_in("resume", "exact");
+    let data = corpus_slice(&root, 20_000);
     let (straight, again, split) = (root.join("a"), root.join("b"), root.join("c"));
     run(&straight, &data, false, None);
     run(&again, &data, false, None);

@@ -14,25 +14,7 @@ use switch_moe::train::{
 };
 use switch_moe::{SwitchEncoderConfig, SwitchLmConfig};
 
-const CORPUS: &str = "../shared/data/tinyshakespeare.txt";
 const EXPERTS: usize = 4;
-
-/// A scratch directory under the target directory, emptied first.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join("switch-moe-tests").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The first `chars` characters of the corpus in a file of their own.
-fn corpus_slice(dir: &Path, chars: usize) -> PathBuf {
-    let text = std::fs::read_to_string(CORPUS).expect("../shared/data/tinyshakespeare.txt");
-    let slice: String = text.chars().take(chars).collect();
-    let file = dir.join("corpus.txt");
-    std::fs::write(&file, slice).unwrap();
-    file
-}
 
 fn tiny_config(d_model: usize) -> TrainingConfig {
     let encoder = SwitchEncoderConfig::new(d_model, 2 * d_model, 2, 2, EXPERTS)
@@ -60,7 +42,7 @@ fn options(dir: &Path, data: &Path) -> TrainOptions {
 
 #[test]
 fn learner_trains_checkpoints_logs_routing_and_resumes() {
-    let dir = scratch("learner");
+    let dir = scratch_in("tests", "learner");
     let data = corpus_slice(&dir, 40_000);
     let opts = options(&dir, &data);
     let summary = train::<AB>(tiny_config(32), &opts, device()).expect("training runs");
@@ -174,7 +156,7 @@ fn bpe_tokenizer_round_trips_and_saves() {
         text
     );
 
-    let dir = scratch("bpe");
+    let dir = scratch_in("tests", "bpe");
     tokenizer.save(&dir.join("tokenizer.json")).unwrap();
     let loaded = TextTokenizer::load(&dir.join("tokenizer.json")).unwrap();
     assert_eq!(loaded.encode(sample).unwrap(), ids);
@@ -192,7 +174,7 @@ fn bpe_tokenizer_round_trips_and_saves() {
 /// the best epoch and `model.mpk` must hold the best epoch's weights, not the last ones.
 #[test]
 fn early_stopping_keeps_the_best_epoch() {
-    let dir = scratch("early_stopping");
+    let dir = scratch_in("tests", "early_stopping");
     // Training text: "ab" repeated; validation text: "ba" repeated with 'c's, which the model
     // learns to mispredict more confidently every epoch.
     let text = format!("{}{}", "ab".repeat(2700), "bcacba".repeat(100));
@@ -272,7 +254,7 @@ fn saved_bias(run: &Path, config: &TrainingConfig, file: &str) -> Vec<f32> {
 
 #[test]
 fn expert_bias_is_checkpointed_and_resumed() {
-    let dir = scratch("bias");
+    let dir = scratch_in("tests", "bias");
     let data = corpus_slice(&dir, 20_000);
     let opts = options(&dir, &data);
     let u = 0.05;

@@ -86,3 +86,24 @@ pub fn no_drop_config(d: usize, f: usize, e: usize) -> switch_moe::SwitchFeedFor
         .with_eval_capacity_factor(e as f64)
         .with_init_scale(1.0)
 }
+
+/// The corpus the tests train on.
+pub const CORPUS: &str = "../shared/data/tinyshakespeare.txt";
+
+/// An empty scratch directory `<tmp>/switch-moe-<group>/<name>` (emptied first).
+pub fn scratch_in(group: &str, name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir()
+        .join(format!("switch-moe-{group}"))
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The first `chars` characters of the corpus in `dir/corpus.txt`.
+pub fn corpus_slice(dir: &std::path::Path, chars: usize) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(CORPUS).expect(CORPUS);
+    let file = dir.join("corpus.txt");
+    std::fs::write(&file, text.chars().take(chars).collect::<String>()).unwrap();
+    file
+}
