@@ -66,6 +66,31 @@ impl ArtifactDir {
         epochs
     }
 
+    /// Renames every checkpoint file of epoch `first` or later (`model-<e>.mpk`,
+    /// `optim-<e>.mpk`, …) to `<name>.<suffix>`, so that `--resume` no longer sees it; returns
+    /// the new names. Errors are skipped: a file left in place is still listed by nothing else.
+    pub fn set_aside_from(&self, first: usize, suffix: &str) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.checkpoints()) else {
+            return Vec::new();
+        };
+        let mut moved = Vec::new();
+        for entry in entries.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let epoch = name
+                .strip_suffix(".mpk")
+                .and_then(|stem| stem.rsplit_once('-'))
+                .and_then(|(_, e)| e.parse::<usize>().ok());
+            if epoch.is_some_and(|e| e >= first) {
+                let to = entry.path().with_file_name(format!("{name}.{suffix}"));
+                if std::fs::rename(entry.path(), &to).is_ok() {
+                    moved.push(to);
+                }
+            }
+        }
+        moved.sort();
+        moved
+    }
+
     /// The epoch of the newest `checkpoint/model-<epoch>.mpk`.
     pub fn last_checkpoint(&self) -> Option<usize> {
         self.checkpoint_epochs().last().copied()

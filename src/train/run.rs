@@ -298,6 +298,23 @@ impl Watch {
     /// `on_collapse = Stop`, or a checkpoint that could not be written. It names the last good
     /// checkpoint, which the stop left intact.
     fn check(&self, dir: &ArtifactDir) -> MoeResult<()> {
+        // A non-finite loss reaches the guard through burn-train's metric thread, which can lag
+        // the training loop: the Learner may already have checkpointed the epoch of the bad
+        // step (or a later one) with poisoned weights. Those are set aside, so that the message
+        // and `--resume` name the last checkpoint written before the non-finite step.
+        let mut set_aside = String::new();
+        if let Some(alarm) = self.alarms.stop()
+            && matches!(alarm.kind, super::guard::AlarmKind::NonFinite { .. })
+        {
+            let moved = dir.set_aside_from(alarm.epoch, "nonfinite");
+            if !moved.is_empty() {
+                set_aside = format!(
+                    " ({} checkpoint file(s) written at or after the non-finite step renamed to \
+                     *.nonfinite)",
+                    moved.len()
+                );
+            }
+        }
         let last_good = match dir.last_checkpoint() {
             Some(epoch) => format!(
                 "the last good checkpoint is {} (epoch {epoch}): continue with --resume",
@@ -316,7 +333,7 @@ impl Watch {
                 _ => "",
             };
             return Err(Error::Checkpoint(format!(
-                "training stopped: {alarm}; {last_good}{hint}"
+                "training stopped: {alarm}; {last_good}{hint}{set_aside}"
             )));
         }
         Ok(())
