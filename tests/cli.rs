@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use switch_moe::train::{TokenizerKind, TrainOptions, TrainingConfig, train};
+use switch_moe::train::{TokenizerKind, TrainingConfig, train};
 use switch_moe::{SwitchEncoderConfig, SwitchLmConfig};
 
 /// Tiny model flags, so that a run that wrongly starts stays short.
@@ -335,15 +335,7 @@ fn tiny(d_model: usize) -> TrainingConfig {
 }
 
 fn quick_run(dir: &Path, data: &Path, d_model: usize) -> PathBuf {
-    let opts = TrainOptions {
-        artifact_dir: dir.to_path_buf(),
-        data: Some(data.to_path_buf()),
-        tokenizer_file: None,
-        resume: false,
-        plain_progress: Some(true),
-        epoch_limit: None,
-    };
-    train::<AB>(tiny(d_model), &opts, device()).unwrap();
+    train::<AB>(tiny(d_model), &train_options(dir, data), device()).unwrap();
     dir.to_path_buf()
 }
 

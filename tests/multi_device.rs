@@ -17,7 +17,7 @@ use std::path::Path;
 
 use common::*;
 use switch_moe::train::{
-    TokenizerKind, TrainOptions, TrainingConfig, epoch_metric, load_trained, train_data_parallel,
+    TokenizerKind, TrainingConfig, epoch_metric, load_trained, train_data_parallel,
 };
 use switch_moe::{EncoderBlock, Error, SwitchEncoderConfig, SwitchLmConfig};
 
@@ -39,22 +39,11 @@ fn config(seed: u64) -> TrainingConfig {
         .with_seed(seed)
 }
 
-fn options(dir: &Path, data: &Path) -> TrainOptions {
-    TrainOptions {
-        artifact_dir: dir.to_path_buf(),
-        data: Some(data.to_path_buf()),
-        tokenizer_file: None,
-        resume: false,
-        plain_progress: Some(true),
-        epoch_limit: None,
-    }
-}
-
 /// The final validation loss of a run on `n` copies of the device.
 fn run(dir: &Path, data: &Path, seed: u64, n: usize) -> f64 {
     let summary = train_data_parallel::<AB>(
         config(seed),
-        &options(dir, data),
+        &train_options(dir, data),
         vec![device(); n],
         |plan| {
             assert_eq!(plan.devices, n);
@@ -171,7 +160,7 @@ fn a_batch_that_does_not_split_over_the_devices_is_refused() {
     let data = corpus_slice(&root, 20_000);
     let err = train_data_parallel::<AB>(
         config(1).with_batch_size(9),
-        &options(&root.join("run"), &data),
+        &train_options(&root.join("run"), &data),
         vec![device(); 2],
         |_| panic!("no plan for a refused run"),
     )

@@ -33,12 +33,9 @@ fn config() -> TrainingConfig {
 
 fn run(dir: &Path, data: &Path, resume: bool, epoch_limit: Option<usize>) {
     let options = TrainOptions {
-        artifact_dir: dir.to_path_buf(),
-        data: Some(data.to_path_buf()),
-        tokenizer_file: None,
         resume,
-        plain_progress: Some(true),
         epoch_limit,
+        ..train_options(dir, data)
     };
     train::<AB>(config(), &options, device()).expect("training runs");
 }

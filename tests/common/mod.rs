@@ -107,3 +107,19 @@ pub fn corpus_slice(dir: &std::path::Path, chars: usize) -> std::path::PathBuf {
     std::fs::write(&file, text.chars().take(chars).collect::<String>()).unwrap();
     file
 }
+
+/// Options of a test run in `dir` on `data`: plain progress, fresh (not resumed), every epoch.
+#[cfg(feature = "train")]
+pub fn train_options(
+    dir: &std::path::Path,
+    data: &std::path::Path,
+) -> switch_moe::train::TrainOptions {
+    switch_moe::train::TrainOptions {
+        artifact_dir: dir.to_path_buf(),
+        data: Some(data.to_path_buf()),
+        tokenizer_file: None,
+        resume: false,
+        plain_progress: Some(true),
+        epoch_limit: None,
+    }
+}
