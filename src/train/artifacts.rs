@@ -333,3 +333,46 @@ pub fn load_trained<B: Backend>(
     let model = load_checked::<B>(&config.model, &weights, device)?;
     Ok((model, tokenizer, config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ArtifactDir;
+
+    #[test]
+    fn set_aside_hides_the_checkpoints_of_an_epoch_and_later_from_resume() {
+        let root = std::env::temp_dir().join(format!("switch-moe-aside-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = ArtifactDir(root.clone());
+        std::fs::create_dir_all(dir.checkpoints()).unwrap();
+        for name in [
+            "model-1.mpk",
+            "optim-1.mpk",
+            "model-2.mpk",
+            "optim-2.mpk",
+            "model-3.mpk",
+            "scheduler-3.mpk",
+            "notes.txt",
+        ] {
+            std::fs::write(dir.checkpoints().join(name), b"x").unwrap();
+        }
+        assert_eq!(dir.last_checkpoint(), Some(3));
+        let moved = dir.set_aside_from(2, "nonfinite");
+        let names: Vec<String> = moved
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "model-2.mpk.nonfinite",
+                "model-3.mpk.nonfinite",
+                "optim-2.mpk.nonfinite",
+                "scheduler-3.mpk.nonfinite"
+            ]
+        );
+        assert_eq!(dir.checkpoint_epochs(), vec![1]);
+        assert!(dir.checkpoints().join("optim-1.mpk").exists());
+        assert!(dir.checkpoints().join("notes.txt").exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
