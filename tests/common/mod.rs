@@ -123,3 +123,35 @@ pub fn train_options(
         epoch_limit: None,
     }
 }
+
+/// A tiny character-level model's flags for the `train` program (plain progress), for the tests
+/// that run the programs.
+pub const TINY_TRAIN: [&str; 16] = [
+    "--d-model",
+    "16",
+    "--d-ff",
+    "32",
+    "--layers",
+    "2",
+    "--heads",
+    "2",
+    "--experts",
+    "4",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "4",
+    "--plain",
+    "--char",
+];
+
+/// The stderr of a program run that must fail cleanly: a non-zero exit and no panic trace.
+pub fn failure_stderr(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "expected a failure; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic trace: {stderr}");
+    stderr
+}
