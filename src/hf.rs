@@ -151,6 +151,41 @@ impl HfFormat {
     fn has_shared(&self) -> bool {
         *self == Self::Qwen2Moe
     }
+
+    /// Why `block` cannot hold this format's sparse block (either direction), if it cannot:
+    /// plain vs gated experts, expert biases, sigmoid scores, shared experts in a format
+    /// without them, or Qwen2-MoE's shared expert without its gate.
+    fn block_problem<B: Backend>(&self, block: &SwitchFeedForward<B>) -> Option<String> {
+        let x = &block.experts;
+        let gated = x.w_up.is_some();
+        if gated != self.gated() {
+            Some(format!(
+                "{self:?} experts are {}, the block's are {}: build it with HfFormat::{self:?}.config(..)",
+                if self.gated() {
+                    "gated (SwiGLU)"
+                } else {
+                    "plain (ReLU)"
+                },
+                if gated { "gated" } else { "plain" },
+            ))
+        } else if x.b_in.is_some() || x.b_out.is_some() {
+            Some(format!(
+                "{self:?} experts have no biases; the block has (set bias = false)"
+            ))
+        } else if block.router.score != RouterScore::Softmax {
+            Some(format!(
+                "{self:?} routes by softmax; the block uses sigmoid scores"
+            ))
+        } else if block.shared.is_some() && !self.has_shared() {
+            Some(format!(
+                "{self:?} has no shared experts; the block has (num_shared_experts = 0)"
+            ))
+        } else if block.shared.as_ref().is_some_and(|s| s.gate.is_none()) {
+            Some("Qwen2-MoE gates its shared expert: set shared_gate = true".to_string())
+        } else {
+            None
+        }
+    }
 }
 
 /// `prefix.name`, or `name` for an empty prefix.
@@ -421,29 +456,7 @@ impl HfCheckpoint {
         format: HfFormat,
         e: usize,
     ) -> Result<()> {
-        let gated = block.experts.w_up.is_some();
-        let problem = if gated != format.gated() {
-            Some(format!(
-                "{format:?} experts are {}, the block's are {}: build it with HfFormat::{format:?}.config(..)",
-                if format.gated() {
-                    "gated (SwiGLU)"
-                } else {
-                    "plain (ReLU)"
-                },
-                if gated { "gated" } else { "plain" },
-            ))
-        } else if block.experts.b_in.is_some() || block.experts.b_out.is_some() {
-            Some(format!(
-                "{format:?} experts have no biases; the block has (set bias = false)"
-            ))
-        } else if block.router.score != RouterScore::Softmax {
-            Some(format!(
-                "{format:?} routes by softmax; the block uses sigmoid scores"
-            ))
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
+        if let Some(problem) = format.block_problem(block) {
             return Err(Error::hf(&self.path, problem));
         }
         let ids = self.expert_ids(prefix, format);
@@ -467,10 +480,6 @@ impl HfCheckpoint {
                 .iter()
                 .any(|k| k.starts_with(&join(prefix, "shared_expert.")));
         match (&block.shared, shared_in_file) {
-            (Some(_), _) if !format.has_shared() => Err(Error::hf(
-                &self.path,
-                format!("{format:?} has no shared experts; the block has (num_shared_experts = 0)"),
-            )),
             (Some(_), false) => Err(Error::hf(
                 &self.path,
                 format!(
@@ -485,10 +494,6 @@ impl HfCheckpoint {
                      num_shared_experts = shared_expert_intermediate_size / d_ff)",
                     join(prefix, "shared_expert")
                 ),
-            )),
-            (Some(s), true) if format.has_shared() && s.gate.is_none() => Err(Error::hf(
-                &self.path,
-                "Qwen2-MoE gates its shared expert: set shared_gate = true".to_string(),
             )),
             _ => Ok(()),
         }
@@ -605,30 +610,9 @@ impl<B: Backend> HfExport<B> {
     pub fn block(mut self, prefix: &str, block: &SwitchFeedForward<B>) -> Self {
         let x = &block.experts;
         let format = self.format;
-        let problem = if x.w_up.is_some() != format.gated() {
-            Some(format!(
-                "{prefix}: {format:?} experts are {}",
-                if format.gated() {
-                    "gated (SwiGLU)"
-                } else {
-                    "plain (ReLU), not gated"
-                }
-            ))
-        } else if x.b_in.is_some() || x.b_out.is_some() {
-            Some(format!("{prefix}: {format:?} experts have no biases"))
-        } else if block.shared.is_some() && !format.has_shared() {
-            Some(format!("{prefix}: {format:?} has no shared experts"))
-        } else if block.shared.as_ref().is_some_and(|s| s.gate.is_none()) {
-            Some(format!(
-                "{prefix}: Qwen2-MoE's shared expert is gated (shared_gate = true)"
-            ))
-        } else if block.router.score != RouterScore::Softmax {
-            Some(format!(
-                "{prefix}: {format:?} routes by softmax, not sigmoid"
-            ))
-        } else {
-            None
-        };
+        let problem = format
+            .block_problem(block)
+            .map(|p| format!("{prefix}: {p}"));
         match problem {
             Some(p) => self.problems.push(p),
             None => {
