@@ -286,12 +286,7 @@ fn evaluate<B: Backend>(
     let n = spec.eval_windows.min((corpus.valid.len() - 1) / seq).max(1);
     let stride = (corpus.valid.len() - seq - 1) / n.max(1);
     let starts: Vec<usize> = (0..n).map(|i| i * stride).collect();
-    let mut total = 0.0;
-    for chunk in starts.chunks(spec.batch_size) {
-        let out = model.forward_step(batch::<B>(&corpus.valid, chunk, seq, device));
-        total += to_f64(out.cross_entropy)[0] * chunk.len() as f64;
-    }
-    total / n as f64
+    mean_ce(model, &corpus.valid, &starts, seq, spec.batch_size, device)
 }
 
 /// Cross-entropy over every token of `tokens` that has a full window: non-overlapping windows
@@ -305,12 +300,24 @@ fn evaluate_all<B: Backend>(
     let seq = spec.model.max_seq_len;
     let n = (tokens.len().saturating_sub(1)) / seq;
     let starts: Vec<usize> = (0..n).map(|i| i * seq).collect();
+    mean_ce(model, tokens, &starts, seq, spec.batch_size * 4, device)
+}
+
+/// Mean cross-entropy of the windows of `seq` tokens at `starts`, in batches of `batch`.
+fn mean_ce<B: Backend>(
+    model: &SwitchLm<B>,
+    tokens: &[u32],
+    starts: &[usize],
+    seq: usize,
+    batch_size: usize,
+    device: &B::Device,
+) -> f64 {
     let mut total = 0.0;
-    for chunk in starts.chunks(spec.batch_size * 4) {
+    for chunk in starts.chunks(batch_size) {
         let out = model.forward_step(batch::<B>(tokens, chunk, seq, device));
         total += to_f64(out.cross_entropy)[0] * chunk.len() as f64;
     }
-    total / n.max(1) as f64
+    total / starts.len().max(1) as f64
 }
 
 /// Trains `spec` on `corpus` and records it. Progress goes to stderr, one line per validation.
