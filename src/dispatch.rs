@@ -76,6 +76,10 @@ pub struct DispatchPlan<B: Backend> {
     pub assignment_counts: Tensor<B, 1, Int>,
     /// Real tokens none of whose assignments got a slot: they skip the experts entirely `[1]`.
     pub num_skipped: Tensor<B, 1, Int>,
+    /// Each token's first-choice expert, before capacity `[T]` (padding tokens included).
+    pub first_choice: Tensor<B, 1, Int>,
+    /// Assignments of each token that got a slot `[T]`: 0 for a skipped or padding token.
+    pub kept_per_token: Tensor<B, 1, Int>,
     /// Assignments of real tokens, k per token `[1]`.
     pub num_routed: Tensor<B, 1, Int>,
     /// Assignments that got a slot `[1]`.
@@ -104,6 +108,7 @@ impl<B: Backend> DispatchPlan<B> {
             routed,
             capacity,
         } = assignments(expert_ids, real, e, capacity);
+        let first_choice = ids.clone().slice(0..t); // [T]
 
         // Slot of each assignment within its expert: how many assignments of the same expert come
         // before it in priority order.
@@ -126,7 +131,16 @@ impl<B: Backend> DispatchPlan<B> {
             .scatter(0, rows.clone(), tokens, IndexingUpdateOp::Add)
             .slice(0..e * capacity); // [E·C]
 
-        Self::assemble(assign, routed, kept, rows, src_rows, capacity, [k, t, e])
+        Self::assemble(
+            assign,
+            routed,
+            kept,
+            rows,
+            src_rows,
+            first_choice,
+            capacity,
+            [k, t, e],
+        )
     }
 
     /// Plans the dispatch with slots claimed by priority ([`DropPolicy::Probability`]): when an
@@ -149,10 +163,10 @@ impl<B: Backend> DispatchPlan<B> {
         let e = num_experts;
         let device = expert_ids.device();
         let Assignments {
+            ids,
             assign,
             routed,
             capacity,
-            ..
         } = assignments(expert_ids.clone(), real.clone(), e, capacity);
         if capacity >= k * t {
             // No expert can overflow (argtopk also needs C < k·T): every order keeps everything.
@@ -178,19 +192,32 @@ impl<B: Backend> DispatchPlan<B> {
         let kept = row_plus_one.clone().greater_elem(0).int(); // [k·T], 0/1
         let empty_row = (e * capacity) as i64;
         let rows = (row_plus_one - 1).mask_fill(kept.clone().equal_elem(0), empty_row); // [k·T]
-        Self::assemble(assign, routed, kept, rows, src_rows, capacity, [k, t, e])
+        let first_choice = ids.slice(0..t); // [T]
+        Self::assemble(
+            assign,
+            routed,
+            kept,
+            rows,
+            src_rows,
+            first_choice,
+            capacity,
+            [k, t, e],
+        )
     }
 
     /// The plan's fields from the per-assignment results.
     ///
     /// # Shapes
-    /// - assign `[k·T, E]`, routed `[k·T]`, kept `[k·T]` (0/1), rows `[k·T]`, src_rows `[E·C]`
+    /// - assign `[k·T, E]`, routed `[k·T]`, kept `[k·T]` (0/1), rows `[k·T]`, src_rows `[E·C]`,
+    ///   first_choice `[T]`
+    #[allow(clippy::too_many_arguments)] // one call per planning rule, all arguments by name
     fn assemble(
         assign: Tensor<B, 2, Int>,
         routed: Tensor<B, 1, Int>,
         kept: Tensor<B, 1, Int>,
         rows: Tensor<B, 1, Int>,
         src_rows: Tensor<B, 1, Int>,
+        first_choice: Tensor<B, 1, Int>,
         capacity: usize,
         [k, t, e]: [usize; 3],
     ) -> Self {
@@ -199,7 +226,7 @@ impl<B: Backend> DispatchPlan<B> {
         // A real token is skipped when none of its k assignments was kept.
         let kept_per_token = kept.clone().reshape([k, t]).sum_dim(0).reshape([t]); // [T]
         let real_token = routed.clone().slice(0..t); // [T], 1 real / 0 padding
-        let num_skipped = (real_token * kept_per_token.equal_elem(0).int()).sum(); // [1]
+        let num_skipped = (real_token * kept_per_token.clone().equal_elem(0).int()).sum(); // [1]
         Self {
             capacity,
             num_experts: e,
@@ -209,6 +236,8 @@ impl<B: Backend> DispatchPlan<B> {
             first_choice_counts,
             assignment_counts,
             num_skipped,
+            first_choice,
+            kept_per_token,
             num_routed: routed.sum(),
             num_kept: kept.sum(),
         }

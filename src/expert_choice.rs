@@ -40,6 +40,10 @@ pub struct ExpertChoicePlan<B: Backend> {
     pub tokens_per_expert: Tensor<B, 1, Int>,
     /// Real tokens that no expert took `[1]`.
     pub num_skipped: Tensor<B, 1, Int>,
+    /// Each token's most probable expert `[T]` (padding tokens included).
+    pub preferred_expert: Tensor<B, 1, Int>,
+    /// Experts that took each token `[T]`, 0..E (0 for padding).
+    pub experts_per_token: Tensor<B, 1, Int>,
 }
 
 impl<B: Backend> ExpertChoicePlan<B> {
@@ -90,7 +94,8 @@ impl<B: Backend> ExpertChoicePlan<B> {
                 IndexingUpdateOp::Add,
             )
             .slice(1..t + 1); // [T], experts per token
-        let untaken = taken.equal_elem(0).int(); // [T]
+        let untaken = taken.clone().equal_elem(0).int(); // [T]
+        let preferred_expert = probs.detach().argmax(1).reshape([t]); // [T]
         let num_skipped = match real {
             Some(real) => (untaken * real.int()).sum(),
             None => untaken.sum(),
@@ -102,6 +107,8 @@ impl<B: Backend> ExpertChoicePlan<B> {
             gates,
             tokens_per_expert,
             num_skipped,
+            preferred_expert,
+            experts_per_token: taken,
         }
     }
 

@@ -46,6 +46,14 @@ pub struct MoeStats<B: Backend> {
     pub router_entropy: Tensor<B, 1>,
     /// Mean router probability P_i of each expert over real tokens `[E]`, f32, detached.
     pub router_prob_mean: Tensor<B, 1>,
+    /// Each token's first-choice expert `[T]` (token choice: its top choice before capacity;
+    /// expert choice: its most probable expert), tokens in the flattened `[B·S]` order of the
+    /// input; undefined for padding. Never read by the crate: it lets a caller attribute routing
+    /// to its own token labels (domain, position, …).
+    pub token_expert: Tensor<B, 1, Int>,
+    /// Experts that processed each token `[T]` (token choice: 0..k, 0 when every assignment was
+    /// dropped; expert choice: 0..E), 0 for padding; the same order as `token_expert`.
+    pub token_experts_used: Tensor<B, 1, Int>,
 }
 
 /// What a dispatch plan counted, in the form [`MoeStats::new`] reads.
@@ -59,6 +67,10 @@ pub struct RoutingCounts<B: Backend> {
     pub num_kept: Tensor<B, 1, Int>,
     /// Real tokens that no expert processed `[1]`.
     pub num_skipped: Tensor<B, 1, Int>,
+    /// Each token's first-choice (or most probable) expert `[T]`.
+    pub token_expert: Tensor<B, 1, Int>,
+    /// Experts that processed each token `[T]`, 0 for padding.
+    pub token_experts_used: Tensor<B, 1, Int>,
 }
 
 impl<B: Backend> From<&DispatchPlan<B>> for RoutingCounts<B> {
@@ -68,6 +80,8 @@ impl<B: Backend> From<&DispatchPlan<B>> for RoutingCounts<B> {
             num_routed: plan.num_routed.clone(),
             num_kept: plan.num_kept.clone(),
             num_skipped: plan.num_skipped.clone(),
+            token_expert: plan.first_choice.clone(),
+            token_experts_used: plan.kept_per_token.clone(),
         }
     }
 }
@@ -80,6 +94,8 @@ impl<B: Backend> From<&ExpertChoicePlan<B>> for RoutingCounts<B> {
             num_routed: taken.clone(),
             num_kept: taken,
             num_skipped: plan.num_skipped.clone(),
+            token_expert: plan.preferred_expert.clone(),
+            token_experts_used: plan.experts_per_token.clone(),
         }
     }
 }
@@ -137,6 +153,8 @@ impl<B: Backend> MoeStats<B> {
             dropped_fraction,
             router_entropy,
             router_prob_mean: p_mean.detach(),
+            token_expert: counts.token_expert,
+            token_experts_used: counts.token_experts_used,
         }
     }
 
@@ -153,6 +171,8 @@ impl<B: Backend> MoeStats<B> {
             dropped_fraction: self.dropped_fraction.detach(),
             router_entropy: self.router_entropy.detach(),
             router_prob_mean: self.router_prob_mean.detach(),
+            token_expert: self.token_expert,
+            token_experts_used: self.token_experts_used,
         }
     }
 

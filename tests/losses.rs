@@ -90,6 +90,8 @@ fn combine_averages_losses_and_keeps_layers() {
         dropped_fraction: one(dropped),
         router_entropy: one(0.5),
         router_prob_mean: Tensor::from_floats([0.5, 0.5], &device),
+        token_expert: Tensor::from_ints([0, 0, 0, 1, 1, 1], &device),
+        token_experts_used: Tensor::from_ints([1, 1, 1, 1, 1, 1], &device),
     };
     // Layer 1 sends everything to expert 0, layer 2 to expert 1: pooled counts would look
     // balanced, the per-layer ones do not.
@@ -119,6 +121,8 @@ fn routing_stats_read_the_per_layer_values_in_one_pass() {
             dropped_fraction: one(dropped),
             router_entropy: one(entropy),
             router_prob_mean: Tensor::from_floats(probs, &device),
+            token_expert: Tensor::zeros([8], &device),
+            token_experts_used: Tensor::ones([8], &device),
         };
     let combined = MoeStats::combine(vec![
         layer(1.0, [4.0, 2.0, 2.0, 0.0], [0.4, 0.3, 0.2, 0.1], 0.25, 1.0),

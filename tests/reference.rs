@@ -148,21 +148,33 @@ impl HostMoe {
         }
     }
 
-    /// Returns the outputs `[T·d]` and the number of dropped (token, choice) assignments.
+    /// Returns the outputs `[T·d]`, the number of dropped (token, choice) assignments, and per
+    /// token its first-choice (expert choice: most probable) expert and how many experts
+    /// processed it.
     #[allow(clippy::needless_range_loop)] // index loops read closest to the papers' sums
-    fn forward(&self, x: &[f32], real: &[bool], o: &Opts) -> (Vec<f32>, usize) {
+    fn forward(
+        &self,
+        x: &[f32],
+        real: &[bool],
+        o: &Opts,
+    ) -> (Vec<f32>, usize, Vec<(usize, usize)>) {
         let (d, e) = (self.d, self.e);
         let t = real.len();
         let mut acc = vec![vec![0f64; d]; t];
         let mut dropped = 0;
+        let mut per_token = vec![(0usize, 0usize); t];
         if o.expert_choice {
             let probs: Vec<Vec<f64>> = (0..t)
                 .map(|tok| self.scores(&x[tok * d..(tok + 1) * d], o.sigmoid).1)
                 .collect();
+            for (tok, p) in probs.iter().enumerate() {
+                per_token[tok].0 = (0..e).max_by(|a, b| p[*a].total_cmp(&p[*b])).unwrap();
+            }
             for ex in 0..e {
                 let mut order: Vec<usize> = (0..t).filter(|tok| real[*tok]).collect();
                 order.sort_by(|a, b| probs[*b][ex].partial_cmp(&probs[*a][ex]).unwrap());
                 for &tok in order.iter().take(o.capacity) {
+                    per_token[tok].1 += 1;
                     let out = self.experts.ffn(ex, &x[tok * d..(tok + 1) * d]);
                     let gate = probs[tok][ex];
                     acc[tok]
@@ -228,6 +240,10 @@ impl HostMoe {
                 }
             }
             for tok in 0..t {
+                per_token[tok] = (
+                    choices[tok][0].0,
+                    kept[tok].iter().filter(|k| **k).count(),
+                );
                 for j in 0..o.k {
                     if kept[tok][j] {
                         let (ex, gate) = choices[tok][j];
@@ -259,6 +275,7 @@ impl HostMoe {
         (
             acc.into_iter().flatten().map(|v| v as f32).collect(),
             dropped,
+            per_token,
         )
     }
 }
@@ -327,8 +344,18 @@ fn option_case(
     let capacity = ((capacity_factor * per_expert as f64 / e as f64).ceil() as usize).clamp(1, t);
     let reference = HostMoe::read(&moe);
     let o = opts(Opts::top(k, capacity));
-    let (expected, dropped) = reference.forward(&x, &real, &o);
+    let (expected, dropped, per_token) = reference.forward(&x, &real, &o);
     let got = host(y);
+    // The per-token record: first choice (real tokens) and experts used (0 for padding).
+    let first = stats.token_expert.clone().into_data().convert::<i64>();
+    let used = stats.token_experts_used.clone().into_data().convert::<i64>();
+    let (first, used) = (first.to_vec::<i64>().unwrap(), used.to_vec::<i64>().unwrap());
+    for (tok, &(want_first, want_used)) in per_token.iter().enumerate() {
+        if real[tok] {
+            assert_eq!(first[tok], want_first as i64, "token {tok}: first choice");
+        }
+        assert_eq!(used[tok], want_used as i64, "token {tok}: experts used");
+    }
     let diff = max_abs_diff(&got, &expected);
     assert!(
         diff <= 1e-5,
@@ -415,7 +442,7 @@ fn dropless_drops_nothing_and_matches_reference() {
     let x: Vec<f32> = (0..t * d).map(|_| 0.5 + rng.uniform() as f32).collect();
     let (y, stats) = moe.forward(tensor(x.clone(), [batch, seq, d], &device), None);
     let reference = HostMoe::read(&moe);
-    let (expected, dropped) = reference.forward(&x, &vec![true; t], &Opts::top(1, t));
+    let (expected, dropped, _) = reference.forward(&x, &vec![true; t], &Opts::top(1, t));
     assert_eq!(dropped, 0);
     assert!(max_abs_diff(&host(y), &expected) <= 1e-5);
     assert_eq!(host(stats.dropped_fraction), vec![0.0]);
