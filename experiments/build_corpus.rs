@@ -7,8 +7,10 @@
 //! | `rust` | `.rs` files of the crates.io packages pinned in Cargo.lock, read from cargo's download cache (`~/.cargo/registry/cache/*/NAME-VERSION.crate`; `cargo fetch` fills it): each package's files in path order until it gave 20 kB, at most 13 MB in all |
 //! | `prose` | the same packages' Markdown files (READMEs, guides, changelogs) |
 //!
-//! Packages whose `.crate` is not in the cache (dependencies for other platforms, which cargo
-//! does not download here) are skipped and listed.
+//! A check (the default) reads exactly the packages the committed manifest lists, so a cache
+//! that holds more (a plain `cargo fetch` downloads other platforms' crates too) builds the same
+//! corpus, and names any listed package the cache lacks. `--write-manifest` takes every package
+//! of Cargo.lock in the cache and lists those it skipped.
 //!
 //! Every document (a file, or a chunk of Shakespeare) of 200 B to 128 kB and valid UTF-8 is kept
 //! and goes to one split by the SHA-256 of its name: 5% test, 5% validation, 90% training; so
@@ -25,7 +27,7 @@
 //! cargo run --release --features experiments --example build_corpus
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -197,13 +199,35 @@ fn shakespeare_docs(path: &Path) -> Vec<Doc> {
         .collect()
 }
 
-fn crate_docs() -> Vec<Doc> {
+/// The packages (`NAME-VERSION`) the committed manifest's crate documents come from.
+fn manifest_packages() -> Option<BTreeSet<String>> {
+    let text = std::fs::read_to_string(MANIFEST).ok()?;
+    Some(
+        text.lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut cols = l.split('\t');
+                let domain = cols.next()?;
+                let source = cols.nth(1)?;
+                (domain != "shakespeare").then(|| source.split('/').next().unwrap_or("").to_string())
+            })
+            .collect(),
+    )
+}
+
+/// The crate documents, from the packages of Cargo.lock; with `only`, from those packages alone
+/// (what the manifest lists: a cache that holds more, e.g. other platforms' crates after a
+/// plain `cargo fetch`, builds the same corpus), and every one of them must be in the cache.
+fn crate_docs(only: Option<&BTreeSet<String>>) -> Vec<Doc> {
     let cache = crate_cache();
     let packages = locked_packages();
     let (mut docs, mut rust_total, mut missing) = (Vec::new(), 0usize, Vec::new());
     for (i, (name, version)) in packages.iter().enumerate() {
         if i % 100 == 0 {
             eprintln!("reading crates: {i}/{} ({name} {version})", packages.len());
+        }
+        if only.is_some_and(|set| !set.contains(&format!("{name}-{version}"))) {
+            continue;
         }
         let archive = cache.join(format!("{name}-{version}.crate"));
         if !archive.exists() {
@@ -235,6 +259,14 @@ fn crate_docs() -> Vec<Doc> {
             });
         }
     }
+    if only.is_some() && !missing.is_empty() {
+        fail(&format!(
+            "{} package(s) of the manifest are not in {}: {}; run `cargo fetch`",
+            missing.len(),
+            cache.display(),
+            missing.join(", ")
+        ));
+    }
     if !missing.is_empty() {
         eprintln!(
             "{} of {} packages of Cargo.lock are not in {} (other platforms' dependencies), \
@@ -263,7 +295,13 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from("../shared/data/tinyshakespeare.txt"));
 
     let mut docs = shakespeare_docs(&shakespeare);
-    docs.extend(crate_docs());
+    // Checking builds exactly the manifest's packages; --write-manifest takes what is here.
+    let only = if args.write_manifest {
+        None
+    } else {
+        manifest_packages()
+    };
+    docs.extend(crate_docs(only.as_ref()));
 
     // Outputs: domain/split → text; the manifest's lines.
     let mut outputs: BTreeMap<(String, &str), String> = BTreeMap::new();
