@@ -209,7 +209,8 @@ fn manifest_packages() -> Option<BTreeSet<String>> {
                 let mut cols = l.split('\t');
                 let domain = cols.next()?;
                 let source = cols.nth(1)?;
-                (domain != "shakespeare").then(|| source.split('/').next().unwrap_or("").to_string())
+                (domain != "shakespeare")
+                    .then(|| source.split('/').next().unwrap_or("").to_string())
             })
             .collect(),
     )

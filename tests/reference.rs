@@ -240,10 +240,7 @@ impl HostMoe {
                 }
             }
             for tok in 0..t {
-                per_token[tok] = (
-                    choices[tok][0].0,
-                    kept[tok].iter().filter(|k| **k).count(),
-                );
+                per_token[tok] = (choices[tok][0].0, kept[tok].iter().filter(|k| **k).count());
                 for j in 0..o.k {
                     if kept[tok][j] {
                         let (ex, gate) = choices[tok][j];
@@ -348,8 +345,15 @@ fn option_case(
     let got = host(y);
     // The per-token record: first choice (real tokens) and experts used (0 for padding).
     let first = stats.token_expert.clone().into_data().convert::<i64>();
-    let used = stats.token_experts_used.clone().into_data().convert::<i64>();
-    let (first, used) = (first.to_vec::<i64>().unwrap(), used.to_vec::<i64>().unwrap());
+    let used = stats
+        .token_experts_used
+        .clone()
+        .into_data()
+        .convert::<i64>();
+    let (first, used) = (
+        first.to_vec::<i64>().unwrap(),
+        used.to_vec::<i64>().unwrap(),
+    );
     for (tok, &(want_first, want_used)) in per_token.iter().enumerate() {
         if real[tok] {
             assert_eq!(first[tok], want_first as i64, "token {tok}: first choice");
