@@ -15,7 +15,7 @@ mod common;
 use clap::Parser;
 use common::cli::{CommonArgs, fail, load_char_corpus};
 use common::plot::{self, Series};
-use common::run::{RunLog, base_spec, lm_config, mean_curve, train_run};
+use common::run::{RunLog, base_spec, lm_config, mean_curve, seed_band, train_run};
 use switch_moe::backend::{SelectedAutodiff, default_device};
 
 #[derive(Parser, Debug)]
@@ -75,14 +75,15 @@ fn main() {
     let series = |value: fn(&common::run::Point) -> f64| -> Vec<Series> {
         FACTORS
             .iter()
-            .map(|&cf| Series {
-                label: label(cf),
-                points: mean_curve(&runs_of(cf), false, value),
+            .enumerate()
+            .map(|(i, &cf)| {
+                Series::new(label(cf), mean_curve(&runs_of(cf), false, value), i)
+                    .with_band(seed_band(&runs_of(cf), false, value))
             })
             .collect()
     };
     let valid = series(|p| p.valid_ce);
-    let (y_lo, y_hi) = plot::loss_range(&valid, 5);
+    let (y_lo, y_hi) = plot::loss_range(&valid);
     plot::lines(
         &out.join("valid_loss.png"),
         &format!(

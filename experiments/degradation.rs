@@ -21,7 +21,7 @@ mod common;
 use clap::Parser;
 use common::cli::{CommonArgs, Scale, fail, load_char_corpus};
 use common::plot::{self, Series};
-use common::run::{Point, RunLog, base_spec, lm_config, mean_curve, train_run};
+use common::run::{Point, RunLog, base_spec, lm_config, mean_curve, seed_band, train_run};
 use switch_moe::backend::{SelectedAutodiff, default_device};
 
 #[derive(Parser, Debug)]
@@ -142,15 +142,15 @@ fn main() {
     let series = |value: fn(&Point) -> f64, which: &[usize]| -> Vec<Series> {
         which
             .iter()
-            .map(|&a| Series {
-                label: arms[a].label.to_string(),
-                points: mean_curve(&runs_of(a), true, value),
+            .map(|&a| {
+                Series::new(arms[a].label, mean_curve(&runs_of(a), true, value), a)
+                    .with_band(seed_band(&runs_of(a), true, value))
             })
             .collect()
     };
     let all: Vec<usize> = (0..arms.len()).collect();
     let valid = series(|p| p.valid_ce, &all);
-    let (y_lo, y_hi) = plot::loss_range(&valid, 8);
+    let (y_lo, y_hi) = plot::loss_range(&valid);
     let plot_or_fail = |r: Result<(), String>| r.unwrap_or_else(|e| fail(&e));
     plot_or_fail(plot::lines(
         &out.join("valid_loss.png"),
@@ -166,13 +166,14 @@ fn main() {
             ("train", (|p: &Point| p.train_ce) as fn(&Point) -> f64),
             ("valid", |p| p.valid_ce),
         ] {
-            gap.push(Series {
-                label: format!("{} · {what}", arms[a].label),
-                points: mean_curve(&runs_of(a), true, value),
-            });
+            gap.push(Series::new(
+                format!("{} · {what}", arms[a].label),
+                mean_curve(&runs_of(a), true, value),
+                2 * a + usize::from(what == "valid"),
+            ));
         }
     }
-    let (g_lo, _) = plot::loss_range(&gap, 1);
+    let (g_lo, _) = plot::loss_range(&gap);
     plot_or_fail(plot::lines(
         &out.join("train_vs_valid.png"),
         "Train vs validation loss: dense and Switch",

@@ -29,7 +29,8 @@ use std::path::Path;
 use clap::Parser;
 use common::cli::{CommonArgs, fail, load_multidomain};
 use common::plot::{self, Series};
-use common::run::{RunLog, base_spec, lm_config, mean_curve, train_run};
+use common::run::{RunLog, base_spec, lm_config, mean_curve, seed_band, train_run};
+use common::stats::paired;
 use switch_moe::backend::{SelectedAutodiff, default_device};
 
 #[derive(Parser, Debug)]
@@ -52,28 +53,9 @@ const ARMS: [&str; 7] = [
     "shared-E8",
 ];
 
-/// Two-sided 95% Student t quantile for n − 1 degrees of freedom.
-fn t95(n: usize) -> f64 {
-    match n {
-        0..=1 => f64::NAN,
-        2 => 12.706,
-        3 => 4.303,
-        4 => 3.182,
-        5 => 2.776,
-        6 => 2.571,
-        _ => 2.447,
-    }
-}
-
-/// Mean and 95% CI half-width of paired differences.
-fn paired(diffs: &[f64]) -> (f64, f64) {
-    let n = diffs.len();
-    let mean = diffs.iter().sum::<f64>() / n as f64;
-    if n < 2 {
-        return (mean, f64::NAN);
-    }
-    let var = diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-    (mean, t95(n) * (var / n as f64).sqrt())
+/// An arm's palette index: its place in [`ARMS`], the same in every figure.
+fn color_of(arm: &str) -> usize {
+    ARMS.iter().position(|a| *a == arm).unwrap_or(ARMS.len())
 }
 
 /// Test cross-entropy over all domains, token-weighted.
@@ -178,12 +160,17 @@ fn summarize(
     // Curves (mean over seeds) and their paired differences to dense.
     let series: Vec<Series> = arms
         .iter()
-        .map(|a| Series {
-            label: a.clone(),
-            points: mean_curve(&runs_of(a), false, |p| p.valid_ce),
+        .map(|a| {
+            let runs = runs_of(a);
+            Series::new(
+                a.clone(),
+                mean_curve(&runs, false, |p| p.valid_ce),
+                color_of(a),
+            )
+            .with_band(seed_band(&runs, false, |p| p.valid_ce))
         })
         .collect();
-    let (lo, hi) = plot::loss_range(&series, 3);
+    let (lo, hi) = plot::loss_range(&series);
     plot::lines(
         &out.join("valid_loss.png"),
         &format!(
@@ -201,14 +188,16 @@ fn summarize(
         let diffs: Vec<Series> = series
             .iter()
             .filter(|s| s.label != "dense")
-            .map(|s| Series {
-                label: format!("{} − dense", s.label),
-                points: s
-                    .points
-                    .iter()
-                    .zip(&dense)
-                    .map(|(a, b)| (a.0, a.1 - b.1))
-                    .collect(),
+            .map(|s| {
+                Series::new(
+                    format!("{} − dense", s.label),
+                    s.points
+                        .iter()
+                        .zip(&dense)
+                        .map(|(a, b)| (a.0, a.1 - b.1))
+                        .collect(),
+                    s.color,
+                )
             })
             .collect();
         if !diffs.is_empty() {

@@ -19,7 +19,7 @@ mod common;
 use clap::Parser;
 use common::cli::{CommonArgs, fail, load_char_corpus};
 use common::plot::{self, Series};
-use common::run::{RunLog, base_spec, lm_config, mean_curve, train_run};
+use common::run::{RunLog, base_spec, lm_config, mean_curve, seed_band, train_run};
 use switch_moe::backend::{SelectedAutodiff, default_device};
 
 #[derive(Parser, Debug)]
@@ -118,15 +118,16 @@ fn main() {
             .map(|(_, l)| l)
             .collect()
     };
-    let series = |value: fn(&common::run::Point) -> f64| -> Vec<Series> {
-        ARMS.iter()
-            .enumerate()
-            .map(|(arm, a)| Series {
-                label: a.0.to_string(),
-                points: mean_curve(&runs_of(arm), false, value),
-            })
-            .collect()
-    };
+    let series =
+        |value: fn(&common::run::Point) -> f64| -> Vec<Series> {
+            ARMS.iter()
+                .enumerate()
+                .map(|(arm, a)| {
+                    Series::new(a.0, mean_curve(&runs_of(arm), false, value), arm)
+                        .with_band(seed_band(&runs_of(arm), false, value))
+                })
+                .collect()
+        };
     for (file, title, y, value) in [
         (
             "max_load.png",
@@ -157,7 +158,7 @@ fn main() {
             .unwrap_or_else(|e| fail(&e));
     }
     let valid = series(|p| p.valid_ce);
-    let (y_lo, y_hi) = plot::loss_range(&valid, 5);
+    let (y_lo, y_hi) = plot::loss_range(&valid);
     plot::lines(
         &out.join("valid_loss.png"),
         "Validation loss",

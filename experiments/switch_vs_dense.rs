@@ -70,17 +70,15 @@ fn main() {
     let series: Vec<Series> = args
         .experts
         .iter()
-        .map(|&e| Series {
-            label: label(e),
-            points: curve(e),
-        })
+        .enumerate()
+        .map(|(i, &e)| Series::new(label(e), curve(e), i))
         .collect();
     let final_dense = series
         .iter()
         .zip(&args.experts)
         .find(|(_, e)| **e == 1)
         .and_then(|(s, _)| s.points.last().map(|p| p.1));
-    let (y_lo, y_hi) = plot::loss_range(&series, 5);
+    let (y_lo, y_hi) = plot::loss_range(&series);
     plot::lines(
         &out.join("valid_loss.png"),
         &format!("Validation loss, mean of {} seed(s)", seeds.len()),

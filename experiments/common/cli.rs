@@ -81,6 +81,8 @@ pub struct Corpus {
 pub struct DomainSplits {
     /// The domain's name (`shakespeare`, `rust`, `prose`).
     pub name: String,
+    /// Where its training split lies in [`Corpus::train`].
+    pub train: std::ops::Range<usize>,
     /// Validation tokens.
     pub valid: Vec<u32>,
     /// Test tokens.
@@ -111,11 +113,13 @@ pub fn load_multidomain(dir: Option<&std::path::Path>) -> Corpus {
     };
     let (mut train, mut valid, mut domains) = (Vec::new(), Vec::new(), Vec::new());
     for name in ["shakespeare", "rust", "prose"] {
+        let start = train.len();
         train.extend(read(name, "train"));
         let v = read(name, "valid");
         valid.extend(v.iter().copied());
         domains.push(DomainSplits {
             name: name.to_string(),
+            train: start..train.len(),
             valid: v,
             test: read(name, "test"),
         });

@@ -42,6 +42,28 @@ pub struct Series {
     pub label: String,
     /// (x, y) points in x order.
     pub points: Vec<(f64, f64)>,
+    /// Palette index ([`color`]): a program gives an arm the same index in every figure.
+    pub color: usize,
+    /// (x, low, high) of a shaded band around the line (e.g. the seeds' range); may be empty.
+    pub band: Vec<(f64, f64, f64)>,
+}
+
+impl Series {
+    /// A line without a band.
+    pub fn new(label: impl Into<String>, points: Vec<(f64, f64)>, color: usize) -> Self {
+        Self {
+            label: label.into(),
+            points,
+            color,
+            band: Vec::new(),
+        }
+    }
+
+    /// The same line with a shaded band.
+    pub fn with_band(mut self, band: Vec<(f64, f64, f64)>) -> Self {
+        self.band = band;
+        self
+    }
 }
 
 /// The i-th colour of a palette that stays readable for ~12 series.
@@ -63,7 +85,9 @@ pub fn color(i: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
-/// A line chart of several series. `y_range` clips the y axis (None: fit all points).
+/// A line chart of several series, each in its own palette colour with its band shaded; the
+/// legend sits in a column right of the plot, never over the data. The y axis covers every
+/// point and band (`y_range`, when given, is widened to them: nothing is clipped).
 pub fn lines(
     path: &Path,
     title: &str,
@@ -75,10 +99,15 @@ pub fn lines(
     let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
     let finite = series
         .iter()
-        .flat_map(|s| s.points.iter())
+        .flat_map(|s| {
+            s.points
+                .iter()
+                .copied()
+                .chain(s.band.iter().flat_map(|b| [(b.0, b.1), (b.0, b.2)]))
+        })
         .filter(|p| p.0.is_finite() && p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in finite {
+    for (x, y) in finite {
         x0 = x0.min(x);
         x1 = x1.max(x);
         y0 = y0.min(y);
@@ -88,17 +117,24 @@ pub fn lines(
         return Err(format!("plotting {}: no finite points", path.display()));
     }
     if let Some((lo, hi)) = y_range {
-        y0 = lo;
-        y1 = hi;
+        y0 = y0.min(lo);
+        y1 = y1.max(hi);
     }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
-    let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
+    let longest = series
+        .iter()
+        .map(|s| s.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let legend_w = (48 + 8 * longest as u32).clamp(120, 380);
+    let root = BitMapBackend::new(path, (900 + legend_w, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
+    let (plot_area, legend_area) = root.split_horizontally(900);
+    let mut chart = ChartBuilder::on(&plot_area)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(45)
-        .y_label_area_size(65)
+        .y_label_area_size(70)
         .build_cartesian_2d(x0..x1.max(x0 + 1e-9), (y0 - pad)..(y1 + pad))
         .map_err(|e| err(&e))?;
     chart
@@ -109,30 +145,89 @@ pub fn lines(
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(|e| err(&e))?;
-    for (i, s) in series.iter().enumerate() {
-        let c = color(i);
+    for s in series {
+        let c = color(s.color);
+        let band: Vec<_> = s
+            .band
+            .iter()
+            .filter(|b| b.1.is_finite() && b.2.is_finite())
+            .collect();
+        if band.len() > 1 {
+            let outline: Vec<(f64, f64)> = band
+                .iter()
+                .map(|b| (b.0, b.1))
+                .chain(band.iter().rev().map(|b| (b.0, b.2)))
+                .collect();
+            chart
+                .draw_series(std::iter::once(Polygon::new(outline, c.mix(0.15).filled())))
+                .map_err(|e| err(&e))?;
+        }
         let pts: Vec<(f64, f64)> = s
             .points
             .iter()
             .copied()
             .filter(|p| p.1.is_finite())
-            .map(|(x, y)| (x, y.clamp(y0 - pad, y1 + pad)))
             .collect();
         chart
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(s.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3)));
+            .map_err(|e| err(&e))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(("sans-serif", 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
+    legend(
+        &legend_area,
+        series.iter().map(|s| (s.label.as_str(), color(s.color))),
+    )
+    .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))
+}
+
+/// A legend column: a swatch and a label per entry, from the top.
+fn legend<'a, DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    entries: impl Iterator<Item = (&'a str, RGBColor)>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    for (i, (label, c)) in entries.enumerate() {
+        let y = 60 + 24 * i as i32;
+        area.draw(&PathElement::new(vec![(8, y), (34, y)], c.stroke_width(3)))?;
+        area.draw(&Text::new(
+            label.to_string(),
+            (42, y - 9),
+            ("sans-serif", 15).into_font(),
+        ))?;
+    }
+    Ok(())
+}
+
+/// A vertical colour bar in `area`: `colour(v)` for v from `lo` to `hi` (bottom to top), with
+/// the axis labelled by `label(v)` and described by `desc`.
+fn colour_bar<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    (lo, hi): (f64, f64),
+    colour: impl Fn(f64) -> RGBColor,
+    label: impl Fn(&f64) -> String,
+    desc: &str,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut bar = ChartBuilder::on(area)
+        .margin_top(50)
+        .margin_bottom(40)
+        .margin_right(8)
+        .y_label_area_size(0)
+        .right_y_label_area_size(52)
+        .build_cartesian_2d(0.0..1.0, lo..hi)?
+        .set_secondary_coord(0.0..1.0, lo..hi);
+    const STEPS: usize = 64;
+    let cells = (0..STEPS).map(|i| {
+        let a = lo + (hi - lo) * i as f64 / STEPS as f64;
+        let b = lo + (hi - lo) * (i + 1) as f64 / STEPS as f64;
+        Rectangle::new([(0.0, a), (1.0, b)], colour((a + b) / 2.0).filled())
+    });
+    bar.draw_series(cells)?;
+    bar.configure_secondary_axes()
+        .y_labels(5)
+        .y_label_formatter(&label)
+        .y_desc(desc)
+        .label_style(("sans-serif", 12))
+        .draw()?;
+    Ok(())
 }
 
 /// One heatmap panel: per-expert token fractions over time.
@@ -161,23 +256,30 @@ fn load_color(load: f64) -> RGBColor {
 pub fn heatmaps(path: &Path, title: &str, panels: &[Panel], cols: usize) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
     let rows = panels.len().div_ceil(cols);
-    let root =
-        BitMapBackend::new(path, (420 * cols as u32, 60 + 260 * rows as u32)).into_drawing_area();
+    let width = 420 * cols as u32;
+    let root = BitMapBackend::new(path, (width + 110, 60 + 260 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let root = root
-        .titled(
-            &format!("{title}   (colour: E·fraction, blue ¼ … white 1 … red 4)"),
-            ("sans-serif", 20),
-        )
+        .titled(title, ("sans-serif", 20))
         .map_err(|e| err(&e))?;
-    for (panel, area) in panels.iter().zip(root.split_evenly((rows, cols))) {
+    let (grid, bar) = root.split_horizontally(width);
+    // The bar's axis is log2(load) / 2 in [−1, 1]: loads ¼ … 4.
+    colour_bar(
+        &bar,
+        (-1.0, 1.0),
+        |v| load_color((2.0 * v).exp2()),
+        |v| format!("{:.2}", (2.0 * v).exp2()),
+        "load E·f (1 = balanced)",
+    )
+    .map_err(|e| err(&e))?;
+    for (panel, area) in panels.iter().zip(grid.split_evenly((rows, cols))) {
         let experts = panel.fractions.first().map_or(1, |r| r.len());
         let last = *panel.steps.last().unwrap_or(&1) as f64;
         let mut chart = ChartBuilder::on(&area)
             .caption(&panel.title, ("sans-serif", 15))
             .margin(6)
-            .x_label_area_size(28)
-            .y_label_area_size(36)
+            .x_label_area_size(34)
+            .y_label_area_size(40)
             .build_cartesian_2d(0.0..last, 0.0..experts as f64)
             .map_err(|e| err(&e))?;
         chart
@@ -186,6 +288,7 @@ pub fn heatmaps(path: &Path, title: &str, panels: &[Panel], cols: usize) -> Resu
             .x_labels(5)
             .y_labels(experts.min(8))
             .label_style(("sans-serif", 12))
+            .x_desc("step")
             .y_desc("expert")
             .draw()
             .map_err(|e| err(&e))?;
@@ -221,16 +324,127 @@ pub fn routing_panels(log: &super::run::RunLog, label: &str) -> Vec<Panel> {
         .collect()
 }
 
-/// A y range for loss curves: from the lowest point of any series up to the highest value at
-/// `1/skip` of the way along, so that the first steps' high losses do not flatten the rest.
-pub fn loss_range(series: &[Series], skip: usize) -> (f64, f64) {
-    let lo = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .fold(f64::MAX, f64::min);
-    let hi = series
-        .iter()
-        .filter_map(|s| s.points.get(s.points.len() / skip).map(|p| p.1))
-        .fold(f64::MIN, f64::max);
-    (lo, hi)
+/// A y range for loss curves: every point of every series (nothing clipped).
+pub fn loss_range(series: &[Series]) -> (f64, f64) {
+    let values = || {
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .filter(|v| v.is_finite())
+    };
+    (
+        values().fold(f64::MAX, f64::min),
+        values().fold(f64::MIN, f64::max),
+    )
+}
+
+/// One matrix heatmap: rows (e.g. domains) × columns (e.g. experts), values in [0, 1].
+pub struct Matrix {
+    /// Panel title.
+    pub title: String,
+    /// Row labels, top to bottom.
+    pub rows: Vec<String>,
+    /// Description of the column axis (columns are numbered from 0).
+    pub col_desc: String,
+    /// Description of the row axis.
+    pub row_desc: String,
+    /// `[row][col]` values in [0, 1].
+    pub values: Vec<Vec<f64>>,
+}
+
+/// White (0) to dark blue (1).
+fn share_color(v: f64) -> RGBColor {
+    let v = v.clamp(0.0, 1.0);
+    let mix = |a: u8| (255.0 + (a as f64 - 255.0) * v) as u8;
+    RGBColor(mix(8), mix(48), mix(107))
+}
+
+/// A grid of matrix heatmaps with the value printed in each cell and one colour bar (0 … 1,
+/// described by `scale`).
+pub fn matrices(
+    path: &Path,
+    title: &str,
+    panels: &[Matrix],
+    cols: usize,
+    scale: &str,
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
+    let rows = panels.len().div_ceil(cols);
+    let n_cols = panels
+        .first()
+        .map_or(1, |p| p.values.first().map_or(1, Vec::len));
+    let cell_w = (560 / n_cols.max(1)).clamp(40, 80) as u32;
+    let panel_w = 150 + cell_w * n_cols as u32;
+    let n_rows = panels.first().map_or(1, |p| p.rows.len());
+    let panel_h = 110 + 44 * n_rows as u32;
+    let width = panel_w * cols as u32;
+    let root =
+        BitMapBackend::new(path, (width + 110, 50 + panel_h * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = root
+        .titled(title, ("sans-serif", 20))
+        .map_err(|e| err(&e))?;
+    let (grid, bar) = root.split_horizontally(width);
+    colour_bar(&bar, (0.0, 1.0), share_color, |v| format!("{v:.1}"), scale).map_err(|e| err(&e))?;
+    for (panel, area) in panels.iter().zip(grid.split_evenly((rows, cols))) {
+        let (nr, nc) = (panel.rows.len(), panel.values.first().map_or(0, Vec::len));
+        let labels = panel.rows.clone();
+        let mut chart = ChartBuilder::on(&area)
+            .caption(&panel.title, ("sans-serif", 15))
+            .margin(8)
+            .x_label_area_size(36)
+            .y_label_area_size(100)
+            .build_cartesian_2d(0.0..nc as f64, 0.0..nr as f64)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(nc + 1)
+            .y_labels(nr * 2 + 1)
+            .x_label_formatter(&|x| {
+                let c = x - 0.5;
+                if (c - c.round()).abs() < 1e-6 && c >= 0.0 {
+                    format!("{}", c.round() as usize)
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|y| {
+                let r = y - 0.5;
+                if (r - r.round()).abs() < 1e-6 && r >= 0.0 {
+                    // Row 0 at the top.
+                    labels
+                        .get(nr - 1 - r.round() as usize)
+                        .cloned()
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .x_desc(panel.col_desc.as_str())
+            .y_desc(panel.row_desc.as_str())
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(|e| err(&e))?;
+        let mut cells = Vec::new();
+        let mut texts = Vec::new();
+        for (r, row) in panel.values.iter().enumerate() {
+            let y = (nr - 1 - r) as f64;
+            for (c, v) in row.iter().enumerate() {
+                cells.push(Rectangle::new(
+                    [(c as f64, y), (c as f64 + 1.0, y + 1.0)],
+                    share_color(*v).filled(),
+                ));
+                let ink = if *v > 0.55 { WHITE } else { BLACK };
+                texts.push(Text::new(
+                    format!("{:.0}", v * 100.0),
+                    (c as f64 + 0.3, y + 0.65),
+                    ("sans-serif", 12).into_font().color(&ink),
+                ));
+            }
+        }
+        chart.draw_series(cells).map_err(|e| err(&e))?;
+        chart.draw_series(texts).map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))
 }

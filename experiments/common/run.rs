@@ -53,6 +53,33 @@ pub struct RunSpec {
     /// Zero the sparse layers' expert output weights and freeze the experts: the same function
     /// as a model without those FFNs (the headroom probe's "FFNs removed" arm).
     pub remove_sparse_ffn: bool,
+    /// Draw training windows from the domains in these proportions instead of uniformly from
+    /// the concatenated training text (multi-domain corpora only).
+    pub mixture: Option<Mixture>,
+}
+
+/// A domain mixture for the training batches.
+#[derive(Debug, Clone)]
+pub struct Mixture {
+    /// (domain index in [`Corpus::domains`], probability); the probabilities sum to 1.
+    pub weights: Vec<(usize, f64)>,
+    /// `true`: every batch comes from one domain, drawn with these probabilities
+    /// (domain-homogeneous batches); `false`: every window draws its own domain (mixed batches).
+    pub homogeneous: bool,
+}
+
+impl Mixture {
+    /// The domain of a draw `u` in [0, 1).
+    fn pick(&self, u: f64) -> usize {
+        let mut acc = 0.0;
+        for &(d, w) in &self.weights {
+            acc += w;
+            if u < acc {
+                return d;
+            }
+        }
+        self.weights.last().map_or(0, |w| w.0)
+    }
 }
 
 impl RunSpec {
@@ -153,7 +180,18 @@ pub struct RunLog {
     pub num_params: usize,
     /// Per-domain test cross-entropy at the end (multi-domain corpora only).
     pub final_eval: Vec<DomainEval>,
+    /// Largest E · max_i f_i of any sparse layer in any training batch (1.0 = balanced).
+    pub peak_load: f64,
+    /// Per training domain (index in `Corpus::domains`): (tokens routed, tokens no expert
+    /// processed), summed over the sparse layers and the run (mixture runs only).
+    pub domain_drops: Vec<(usize, f64, f64)>,
+    /// First-choice counts `[layer][domain][expert]` of the trained model in eval mode on the
+    /// first `PROBE_TOKENS` tokens of each domain's test split (multi-domain corpora only).
+    pub domain_routing: Vec<Vec<Vec<f64>>>,
 }
+
+/// Tokens per domain in the end-of-run routing probe.
+pub const PROBE_TOKENS: usize = 32_768;
 
 impl RunLog {
     /// The last validation loss.
@@ -320,6 +358,69 @@ fn mean_ce<B: Backend>(
     total / starts.len().max(1) as f64
 }
 
+/// The batch's window starts in `corpus.train`, and each window's domain (0 without a mixture).
+fn draw_windows(spec: &RunSpec, corpus: &Corpus, rng: &mut HostRng) -> (Vec<usize>, Vec<usize>) {
+    let seq = spec.model.max_seq_len;
+    let Some(mixture) = &spec.mixture else {
+        let starts = (0..spec.batch_size)
+            .map(|_| below(rng, corpus.train.len() - seq - 1))
+            .collect();
+        return (starts, vec![0; spec.batch_size]);
+    };
+    let unit = |rng: &mut HostRng| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let batch_domain = mixture.pick(unit(rng));
+    let labels: Vec<usize> = (0..spec.batch_size)
+        .map(|_| {
+            if mixture.homogeneous {
+                batch_domain
+            } else {
+                mixture.pick(unit(rng))
+            }
+        })
+        .collect();
+    let starts = labels
+        .iter()
+        .map(|&d| {
+            let range = &corpus.domains[d].train;
+            range.start + below(rng, range.len() - seq - 1)
+        })
+        .collect();
+    (starts, labels)
+}
+
+/// First-choice counts `[layer][domain][expert]` in eval mode on the first [`PROBE_TOKENS`]
+/// tokens of each domain's test split, in domain-homogeneous batches (batch composition does
+/// not change a token's first choice; capacity only decides drops).
+fn probe_routing<B: Backend>(
+    model: &SwitchLm<B>,
+    corpus: &Corpus,
+    spec: &RunSpec,
+    device: &B::Device,
+) -> Vec<Vec<Vec<f64>>> {
+    let seq = spec.model.max_seq_len;
+    let mut counts: Vec<Vec<Vec<f64>>> = Vec::new();
+    for (d, domain) in corpus.domains.iter().enumerate() {
+        let n = (PROBE_TOKENS / seq).min((domain.test.len() - 1) / seq);
+        let starts: Vec<usize> = (0..n).map(|i| i * seq).collect();
+        for chunk in starts.chunks(spec.batch_size * 4) {
+            let out = model.forward_step(batch::<B>(&domain.test, chunk, seq, device));
+            let stats = RoutingStats::read(&out.moe);
+            if counts.is_empty() {
+                counts = vec![
+                    vec![vec![0.0; stats.num_experts()]; corpus.domains.len()];
+                    stats.layers.len()
+                ];
+            }
+            for (l, layer) in stats.layers.iter().enumerate() {
+                for (c, v) in counts[l][d].iter_mut().zip(&layer.tokens_per_expert) {
+                    *c += v;
+                }
+            }
+        }
+    }
+    counts
+}
+
 /// Trains `spec` on `corpus` and records it. Progress goes to stderr, one line per validation.
 pub fn train_run<B: AutodiffBackend>(
     spec: &RunSpec,
@@ -355,13 +456,13 @@ pub fn train_run<B: AutodiffBackend>(
     let mut route_n = 0usize;
     let mut train_time = 0.0;
     let mut diverged_at = None;
+    let mut peak_load: f64 = 0.0;
+    let mut domain_drops = vec![(0.0, 0.0); corpus.domains.len().max(1)];
     let started = Instant::now();
 
     for step in 1..=spec.steps {
         let t0 = Instant::now();
-        let starts: Vec<usize> = (0..spec.batch_size)
-            .map(|_| below(&mut rng, corpus.train.len() - seq - 1))
-            .collect();
+        let (starts, labels) = draw_windows(spec, corpus, &mut rng);
         let out = model.forward_step(batch::<B>(&corpus.train, &starts, seq, device));
         let mut grads = out.loss.backward();
         let lr = spec.lr_at(step);
@@ -374,9 +475,32 @@ pub fn train_run<B: AutodiffBackend>(
             let grads = GradientsParams::from_grads(grads, &model);
             model = optim.step(lr, model, grads);
         }
-        // The step's numbers on the host, in one transaction (what the Learner's metrics read).
-        let (stats, extra) = RoutingStats::read_with(&out.moe, vec![out.cross_entropy]);
+        // The step's numbers on the host, in one transaction (what the Learner's metrics read);
+        // with a mixture also each token's experts-used count per sparse layer.
+        let mut extra = vec![out.cross_entropy];
+        if spec.mixture.is_some() {
+            extra.extend(
+                out.moe
+                    .layers
+                    .iter()
+                    .map(|l| l.token_experts_used.clone().float()),
+            );
+        }
+        let (stats, extra) = RoutingStats::read_with(&out.moe, extra);
         let ce = extra[0][0];
+        for used in &extra[1..] {
+            for (w, label) in labels.iter().enumerate() {
+                let row = &mut domain_drops[*label];
+                let tokens = &used[w * seq..(w + 1) * seq];
+                row.0 += seq as f64;
+                row.1 += tokens.iter().filter(|u| **u == 0.0).count() as f64;
+            }
+        }
+        peak_load = stats
+            .layers
+            .iter()
+            .map(|l| l.max_expert_load())
+            .fold(peak_load, f64::max);
         train_time += t0.elapsed().as_secs_f64();
         if !ce.is_finite() {
             diverged_at = Some(step);
@@ -467,8 +591,24 @@ pub fn train_run<B: AutodiffBackend>(
     } else {
         Vec::new()
     };
+    let domain_routing = if diverged_at.is_none() && !corpus.domains.is_empty() {
+        probe_routing(&model.valid(), corpus, spec, device)
+    } else {
+        Vec::new()
+    };
+    let domain_drops = match &spec.mixture {
+        Some(m) => m
+            .weights
+            .iter()
+            .map(|&(d, _)| (d, domain_drops[d].0, domain_drops[d].1))
+            .collect(),
+        None => Vec::new(),
+    };
     RunLog {
         final_eval,
+        peak_load,
+        domain_drops,
+        domain_routing,
         spec: spec.clone(),
         points,
         routing,
@@ -551,6 +691,26 @@ pub fn mean_curve(
         .collect()
 }
 
+/// The lowest and highest value over runs (e.g. seeds) at each point: `(x, low, high)`, cut to
+/// the shortest run; the band drawn around a [`mean_curve`].
+pub fn seed_band(
+    runs: &[&RunLog],
+    by_epoch: bool,
+    value: impl Fn(&Point) -> f64,
+) -> Vec<(f64, f64, f64)> {
+    let n = runs.iter().map(|r| r.points.len()).min().unwrap_or(0);
+    (0..n)
+        .map(|i| {
+            let p = &runs[0].points[i];
+            let x = if by_epoch { p.epoch } else { p.step as f64 };
+            let values = runs.iter().map(|r| value(&r.points[i]));
+            let lo = values.clone().fold(f64::INFINITY, f64::min);
+            let hi = values.fold(f64::NEG_INFINITY, f64::max);
+            (x, lo, hi)
+        })
+        .collect()
+}
+
 /// A spec with the settings all experiments share; each program changes what it studies.
 pub fn base_spec(
     name: String,
@@ -569,6 +729,7 @@ pub fn base_spec(
         lr: 3e-3,
         cooldown: None,
         remove_sparse_ffn: false,
+        mixture: None,
         expert_lr_ratio: 1.0,
         warmup_steps: (steps / 20).max(1),
         weight_decay: 0.01,

@@ -1,0 +1,463 @@
+//! Round 2, study 2 — specialisation and imbalance on the multi-domain corpus.
+//!
+//! 1. **Specialisation.** Does an expert come to serve a domain? Switch E = 8 trained on the
+//!    natural mixture of the three domains (`natural/aux`); per sparse layer, the share of each
+//!    domain's test tokens that each expert takes first (heatmap) and the normalised mutual
+//!    information (NMI) between expert and domain, on a probe of equal size per domain.
+//! 2. **Imbalance.** Rust 95% / Shakespeare 5% of the training windows, with **mixed** batches
+//!    (each window draws its domain) and with **domain-homogeneous** batches (each batch draws
+//!    one), under four balancing rules: none (α = 0), the load-balancing loss (α = 0.01),
+//!    aux-loss-free bias balancing (u = 1e-3, α = 0), and both.
+//!
+//! Expert choice is not among the arms: it sees the whole batch, so it leaks future tokens in a
+//! causal LM (the library refuses it there); it needs a bidirectional task (not run here).
+//!
+//! Criterion, fixed before the runs: a balancing rule helps the minority when the 95% t interval
+//! of its paired (same seed) difference in Shakespeare test cross-entropy to the same batch
+//! mode's `none` arm lies below zero; "balance" is judged on the run-level load (E · the largest
+//! expert's share of all the run's tokens, 1 = balanced) and on the largest per-batch load.
+//!
+//! ```sh
+//! cargo run --release --features experiments --example build_corpus
+//! cargo run --release --features experiments,tch --example imbalance    # LIBTORCH as in README
+//! ```
+
+mod common;
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use clap::Parser;
+use common::cli::{CommonArgs, fail, load_multidomain};
+use common::plot::{self, Matrix, Series};
+use common::run::{Mixture, RunLog, base_spec, lm_config, mean_curve, seed_band, train_run};
+use common::stats::{nmi, paired};
+use switch_moe::backend::{SelectedAutodiff, default_device};
+
+#[derive(Parser, Debug)]
+#[command(about = "Expert specialisation by domain, and balancing under a 95/5 domain mixture")]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Arms to run, in order (default: all).
+    #[arg(long, value_delimiter = ',')]
+    arms: Option<Vec<String>>,
+}
+
+/// Every arm: batch mode / balancing rule.
+const ARMS: [&str; 9] = [
+    "natural/aux",
+    "mixed/none",
+    "mixed/aux",
+    "mixed/bias",
+    "mixed/aux+bias",
+    "homog/none",
+    "homog/aux",
+    "homog/bias",
+    "homog/aux+bias",
+];
+
+/// Domain indices in the corpus (see `load_multidomain`).
+const SHAKESPEARE: usize = 0;
+const RUST: usize = 1;
+const PROSE: usize = 2;
+/// Share of the minority domain in the 95/5 arms.
+const MINORITY_SHARE: f64 = 0.05;
+/// Experts in every arm.
+const EXPERTS: usize = 8;
+
+fn color_of(arm: &str) -> usize {
+    ARMS.iter().position(|a| *a == arm).unwrap_or(ARMS.len())
+}
+
+fn main() {
+    let args = Args::parse();
+    plot::init_font().unwrap_or_else(|e| fail(&e));
+    let out = args.common.out_dir("imbalance");
+    let corpus = load_multidomain(args.common.data.as_deref());
+    let device = default_device();
+    let (d, f, layers, seq, batch, _) = args.common.scale.standard_size();
+    let steps = args.common.steps.unwrap_or(500);
+    let seeds = args.common.seeds_or(&[1, 2, 3]);
+    let arms: Vec<String> = args
+        .arms
+        .clone()
+        .unwrap_or_else(|| ARMS.iter().map(|s| s.to_string()).collect());
+    if let Some(bad) = arms.iter().find(|a| !ARMS.contains(&a.as_str())) {
+        fail(&format!("--arms: unknown arm {bad}; one of {ARMS:?}"));
+    }
+
+    let mut logs: Vec<(String, u64, RunLog)> = Vec::new();
+    for &seed in &seeds {
+        for arm in &arms {
+            let (mode, rule) = arm.split_once('/').expect("arm names are mode/rule");
+            let mut model = lm_config(256, seq, d, f, layers, EXPERTS);
+            let aux = rule.contains("aux");
+            let bias = rule.contains("bias");
+            model.aux_coef = if aux { 0.01 } else { 0.0 };
+            if bias {
+                model.encoder = model.encoder.map_moe(|m| m.with_expert_bias_rate(1e-3));
+            }
+            let mut spec = base_spec(
+                format!("{}_seed{seed}", file_name(arm)),
+                model,
+                seed,
+                steps,
+                batch,
+            );
+            spec.cooldown = Some(0.1);
+            spec.eval_windows = 256;
+            spec.mixture = match mode {
+                "natural" => None,
+                m => Some(Mixture {
+                    weights: vec![(RUST, 1.0 - MINORITY_SHARE), (SHAKESPEARE, MINORITY_SHARE)],
+                    homogeneous: m == "homog",
+                }),
+            };
+            let log = train_run::<SelectedAutodiff>(&spec, &corpus, &device);
+            log.write_csv(&out)
+                .unwrap_or_else(|e| fail(&format!("writing CSVs: {e}")));
+            logs.push((arm.clone(), seed, log));
+            write_final(&out, &logs);
+        }
+    }
+    summarize(&out, &arms, &seeds, &logs, steps);
+}
+
+/// `mixed/aux+bias` → `mixed_aux-bias` (file names).
+fn file_name(arm: &str) -> String {
+    arm.replace('/', "_").replace('+', "-")
+}
+
+/// Run-level routing of a log: each sparse layer's mean token fractions over the run `[layer][E]`.
+fn run_fractions(log: &RunLog) -> Vec<Vec<f64>> {
+    let layers = log.routing.iter().map(|r| r.layer + 1).max().unwrap_or(0);
+    (0..layers)
+        .map(|l| {
+            let rows: Vec<_> = log.routing.iter().filter(|r| r.layer == l).collect();
+            let e = rows.first().map_or(0, |r| r.fractions.len());
+            (0..e)
+                .map(|i| rows.iter().map(|r| r.fractions[i]).sum::<f64>() / rows.len() as f64)
+                .collect()
+        })
+        .collect()
+}
+
+/// Experts that took less than 1% of their fair share (f < 0.01 / E) over the last tenth of
+/// the run, summed over sparse layers.
+fn dead_experts(log: &RunLog) -> usize {
+    let last = log.routing.last().map_or(0, |r| r.step);
+    let from = last - last / 10;
+    let layers = log.routing.iter().map(|r| r.layer + 1).max().unwrap_or(0);
+    (0..layers)
+        .map(|l| {
+            let rows: Vec<_> = log
+                .routing
+                .iter()
+                .filter(|r| r.layer == l && r.step > from)
+                .collect();
+            let e = rows.first().map_or(0, |r| r.fractions.len());
+            (0..e)
+                .filter(|&i| {
+                    let f = rows.iter().map(|r| r.fractions[i]).sum::<f64>() / rows.len() as f64;
+                    f < 0.01 / e as f64
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// NMI per sparse layer between expert and domain over `domains` (equal probe size each).
+fn layer_nmi(log: &RunLog, domains: &[usize]) -> Vec<f64> {
+    log.domain_routing
+        .iter()
+        .map(|per_domain| {
+            let table: Vec<Vec<f64>> = domains.iter().map(|&d| per_domain[d].clone()).collect();
+            nmi(&table)
+        })
+        .collect()
+}
+
+fn test_ce(log: &RunLog, domain: usize) -> f64 {
+    log.final_eval.get(domain).map_or(f64::NAN, |d| d.test_ce)
+}
+
+fn dropped_share(log: &RunLog, domain: usize) -> f64 {
+    log.domain_drops
+        .iter()
+        .find(|d| d.0 == domain)
+        .map_or(f64::NAN, |d| d.2 / d.1.max(1.0))
+}
+
+/// `final.csv`: one row per (arm, seed) with every headline number; rewritten after every run,
+/// so an interrupted study keeps what it finished. `routing_by_domain.csv`: the probe's counts.
+fn write_final(out: &Path, logs: &[(String, u64, RunLog)]) {
+    let mut csv = String::from(
+        "arm,seed,test_shakespeare,test_rust,test_prose,mean_batch_load,peak_batch_load,\
+         run_load_l1,run_load_l2,dead_experts,dropped_shakespeare,dropped_rust,nmi2_l1,nmi2_l2,\
+         nmi3_l1,nmi3_l2,tokens_per_s\n",
+    );
+    let mut routing = String::from("arm,seed,layer,domain,expert,count\n");
+    for (arm, seed, log) in logs {
+        let loads: Vec<f64> = run_fractions(log)
+            .iter()
+            .map(|f| f.iter().copied().fold(0.0, f64::max) * f.len() as f64)
+            .collect();
+        let mean_load =
+            log.points.iter().map(|p| p.max_load).sum::<f64>() / log.points.len().max(1) as f64;
+        let n2 = layer_nmi(log, &[RUST, SHAKESPEARE]);
+        let n3 = layer_nmi(log, &[SHAKESPEARE, RUST, PROSE]);
+        let at = |v: &[f64], i: usize| v.get(i).copied().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            csv,
+            "{arm},{seed},{:.5},{:.5},{:.5},{mean_load:.4},{:.4},{:.4},{:.4},{},{:.5},{:.5},\
+             {:.4},{:.4},{:.4},{:.4},{:.0}",
+            test_ce(log, SHAKESPEARE),
+            test_ce(log, RUST),
+            test_ce(log, PROSE),
+            log.peak_load,
+            at(&loads, 0),
+            at(&loads, 1),
+            dead_experts(log),
+            dropped_share(log, SHAKESPEARE),
+            dropped_share(log, RUST),
+            at(&n2, 0),
+            at(&n2, 1),
+            at(&n3, 0),
+            at(&n3, 1),
+            log.tokens_per_s
+        );
+        for (l, per_domain) in log.domain_routing.iter().enumerate() {
+            for (d, counts) in per_domain.iter().enumerate() {
+                for (e, c) in counts.iter().enumerate() {
+                    let _ = writeln!(routing, "{arm},{seed},{l},{d},{e},{c}");
+                }
+            }
+        }
+    }
+    std::fs::write(out.join("final.csv"), csv).unwrap_or_else(|e| fail(&e.to_string()));
+    std::fs::write(out.join("routing_by_domain.csv"), routing)
+        .unwrap_or_else(|e| fail(&e.to_string()));
+}
+
+fn summarize(
+    out: &Path,
+    arms: &[String],
+    seeds: &[u64],
+    logs: &[(String, u64, RunLog)],
+    steps: usize,
+) {
+    let run = |arm: &str, seed: u64| {
+        logs.iter()
+            .find(|(a, s, _)| a == arm && *s == seed)
+            .map(|(_, _, l)| l)
+    };
+    let runs_of =
+        |arm: &str| -> Vec<&RunLog> { seeds.iter().filter_map(|&s| run(arm, s)).collect() };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let domain_names = ["shakespeare", "rust", "prose"];
+
+    // Heatmaps: share of each domain's probe tokens per expert, seed 1 (the first seed), per
+    // sparse layer, for the natural mixture and the 95/5 arms.
+    let mut panels = Vec::new();
+    for arm in arms {
+        let Some(log) = run(arm, seeds[0]) else {
+            continue;
+        };
+        let domains: &[usize] = if arm.starts_with("natural") {
+            &[SHAKESPEARE, RUST, PROSE]
+        } else {
+            &[SHAKESPEARE, RUST]
+        };
+        for (l, per_domain) in log.domain_routing.iter().enumerate() {
+            let values: Vec<Vec<f64>> = domains
+                .iter()
+                .map(|&d| {
+                    let n: f64 = per_domain[d].iter().sum();
+                    per_domain[d].iter().map(|c| c / n.max(1.0)).collect()
+                })
+                .collect();
+            let table: Vec<Vec<f64>> = domains.iter().map(|&d| per_domain[d].clone()).collect();
+            panels.push(Matrix {
+                title: format!("{arm} · sparse layer {} · NMI {:.3}", l + 1, nmi(&table)),
+                rows: domains
+                    .iter()
+                    .map(|&d| domain_names[d].to_string())
+                    .collect(),
+                col_desc: "expert (first choice)".into(),
+                row_desc: "test domain".into(),
+                values,
+            });
+        }
+    }
+    if !panels.is_empty() {
+        plot::matrices(
+            &out.join("expert_by_domain.png"),
+            &format!(
+                "Share of each domain's test tokens per expert (%), seed {}",
+                seeds[0]
+            ),
+            &panels,
+            2,
+            "share of the domain's tokens",
+        )
+        .unwrap_or_else(|e| fail(&e));
+    }
+
+    // Validation curves with seed bands.
+    let series: Vec<Series> = arms
+        .iter()
+        .map(|a| {
+            let runs = runs_of(a);
+            Series::new(
+                a.clone(),
+                mean_curve(&runs, false, |p| p.valid_ce),
+                color_of(a),
+            )
+            .with_band(seed_band(&runs, false, |p| p.valid_ce))
+        })
+        .collect();
+    plot::lines(
+        &out.join("valid_loss.png"),
+        &format!(
+            "Validation loss (all three domains), mean of {} seeds, band: seed range",
+            seeds.len()
+        ),
+        "step",
+        "validation cross-entropy (nats/byte)",
+        &series,
+        None,
+    )
+    .unwrap_or_else(|e| fail(&e));
+    let loads: Vec<Series> = arms
+        .iter()
+        .map(|a| {
+            let runs = runs_of(a);
+            Series::new(
+                a.clone(),
+                mean_curve(&runs, false, |p| p.max_load),
+                color_of(a),
+            )
+            .with_band(seed_band(&runs, false, |p| p.max_load))
+        })
+        .collect();
+    plot::lines(
+        &out.join("max_load.png"),
+        "Per-batch load E·max f (mean of the sparse layers and of the steps since the last point)",
+        "step",
+        "E · max_i f_i (1 = balanced)",
+        &loads,
+        Some((1.0, 1.0)),
+    )
+    .unwrap_or_else(|e| fail(&e));
+
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "| arm | test shakespeare (minority) | Δ vs same-mode none (95% CI) | test rust (majority) \
+         | Δ vs none | test prose (unseen) | mean / peak per-batch load | run load L1 / L2 | dead \
+         experts | dropped shakespeare / rust | NMI L1 / L2 |"
+    );
+    let _ = writeln!(table, "|{}", "---|".repeat(11));
+    for arm in arms {
+        let runs = runs_of(arm);
+        if runs.is_empty() {
+            continue;
+        }
+        let col = |f: &dyn Fn(&RunLog) -> f64| mean(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
+        let baseline = arm
+            .split_once('/')
+            .map(|(m, _)| format!("{m}/none"))
+            .filter(|b| b != arm && arms.contains(b));
+        let delta = |domain: usize| -> String {
+            let Some(b) = &baseline else {
+                return "—".into();
+            };
+            let diffs: Vec<f64> = seeds
+                .iter()
+                .filter_map(|&s| Some(test_ce(run(arm, s)?, domain) - test_ce(run(b, s)?, domain)))
+                .collect();
+            if diffs.is_empty() {
+                return "—".into();
+            }
+            let (m, h) = paired(&diffs);
+            format!("{m:+.4} ± {h:.4}")
+        };
+        let loads: Vec<Vec<f64>> = runs
+            .iter()
+            .map(|r| {
+                run_fractions(r)
+                    .iter()
+                    .map(|f| f.iter().copied().fold(0.0, f64::max) * f.len() as f64)
+                    .collect()
+            })
+            .collect();
+        let load_l = |l: usize| {
+            mean(
+                &loads
+                    .iter()
+                    .filter_map(|v| v.get(l).copied())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let domains: &[usize] = if arm.starts_with("natural") {
+            &[SHAKESPEARE, RUST, PROSE]
+        } else {
+            &[RUST, SHAKESPEARE]
+        };
+        let nmis: Vec<Vec<f64>> = runs.iter().map(|r| layer_nmi(r, domains)).collect();
+        let nmi_l = |l: usize| {
+            mean(
+                &nmis
+                    .iter()
+                    .filter_map(|v| v.get(l).copied())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let drops = if arm.starts_with("natural") {
+            "—".to_string()
+        } else {
+            format!(
+                "{:.2}% / {:.2}%",
+                100.0 * col(&|r| dropped_share(r, SHAKESPEARE)),
+                100.0 * col(&|r| dropped_share(r, RUST))
+            )
+        };
+        let _ = writeln!(
+            table,
+            "| {arm} | {:.4} | {} | {:.4} | {} | {:.4} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} | {drops} | {:.3} / {:.3} |",
+            col(&|r| test_ce(r, SHAKESPEARE)),
+            delta(SHAKESPEARE),
+            col(&|r| test_ce(r, RUST)),
+            delta(RUST),
+            col(&|r| test_ce(r, PROSE)),
+            col(&|r| r.points.iter().map(|p| p.max_load).sum::<f64>()
+                / r.points.len().max(1) as f64),
+            col(&|r| r.peak_load),
+            load_l(0),
+            load_l(1),
+            col(&|r| dead_experts(r) as f64),
+            nmi_l(0),
+            nmi_l(1),
+        );
+    }
+    let wall: f64 = logs.iter().map(|(_, _, l)| l.wall_s).sum();
+    let summary = format!(
+        "{table}\nTest cross-entropy in nats per byte on each domain's full test split, mean over \
+         seeds {seeds:?}; Δ: mean of the per-seed differences to the same batch mode's `none` arm \
+         with a 95% t interval. Loads are E · max_i f_i (1 = balanced, {EXPERTS} = collapse): per \
+         batch (mean over the run, and the largest of any batch and layer) and over the whole \
+         run per sparse layer. Dead: experts under 1% of their fair share in the last tenth of \
+         the run (both layers). Dropped: share of the domain's training tokens that no expert \
+         processed (capacity factor 1.25), both layers. NMI between first-choice expert and \
+         domain on {} test tokens per domain (natural: three domains; 95/5 arms: rust and \
+         shakespeare). {steps} steps of {} tokens; backend {}, total wall {:.1} min.\n",
+        common::run::PROBE_TOKENS,
+        logs.first()
+            .map_or(0, |(_, _, l)| l.spec.batch_size * l.spec.model.max_seq_len),
+        switch_moe::backend::NAME,
+        wall / 60.0
+    );
+    println!("{summary}");
+    std::fs::write(out.join("summary.md"), summary).unwrap_or_else(|e| fail(&e.to_string()));
+}
