@@ -108,7 +108,6 @@ impl<B: Backend> DispatchPlan<B> {
             routed,
             capacity,
         } = assignments(expert_ids, real, e, capacity);
-        let first_choice = ids.clone().slice(0..t); // [T]
 
         // Slot of each assignment within its expert: how many assignments of the same expert come
         // before it in priority order.
@@ -131,16 +130,7 @@ impl<B: Backend> DispatchPlan<B> {
             .scatter(0, rows.clone(), tokens, IndexingUpdateOp::Add)
             .slice(0..e * capacity); // [E·C]
 
-        Self::assemble(
-            assign,
-            routed,
-            kept,
-            rows,
-            src_rows,
-            first_choice,
-            capacity,
-            [k, t, e],
-        )
+        Self::assemble(assign, routed, kept, rows, src_rows, capacity, [k, t, e])
     }
 
     /// Plans the dispatch with slots claimed by priority ([`DropPolicy::Probability`]): when an
@@ -163,10 +153,10 @@ impl<B: Backend> DispatchPlan<B> {
         let e = num_experts;
         let device = expert_ids.device();
         let Assignments {
-            ids,
             assign,
             routed,
             capacity,
+            ..
         } = assignments(expert_ids.clone(), real.clone(), e, capacity);
         if capacity >= k * t {
             // No expert can overflow (argtopk also needs C < k·T): every order keeps everything.
@@ -192,36 +182,25 @@ impl<B: Backend> DispatchPlan<B> {
         let kept = row_plus_one.clone().greater_elem(0).int(); // [k·T], 0/1
         let empty_row = (e * capacity) as i64;
         let rows = (row_plus_one - 1).mask_fill(kept.clone().equal_elem(0), empty_row); // [k·T]
-        let first_choice = ids.slice(0..t); // [T]
-        Self::assemble(
-            assign,
-            routed,
-            kept,
-            rows,
-            src_rows,
-            first_choice,
-            capacity,
-            [k, t, e],
-        )
+        Self::assemble(assign, routed, kept, rows, src_rows, capacity, [k, t, e])
     }
 
     /// The plan's fields from the per-assignment results.
     ///
     /// # Shapes
-    /// - assign `[k·T, E]`, routed `[k·T]`, kept `[k·T]` (0/1), rows `[k·T]`, src_rows `[E·C]`,
-    ///   first_choice `[T]`
-    #[allow(clippy::too_many_arguments)] // one call per planning rule, all arguments by name
+    /// - assign `[k·T, E]`, routed `[k·T]`, kept `[k·T]` (0/1), rows `[k·T]`, src_rows `[E·C]`
     fn assemble(
         assign: Tensor<B, 2, Int>,
         routed: Tensor<B, 1, Int>,
         kept: Tensor<B, 1, Int>,
         rows: Tensor<B, 1, Int>,
         src_rows: Tensor<B, 1, Int>,
-        first_choice: Tensor<B, 1, Int>,
         capacity: usize,
         [k, t, e]: [usize; 3],
     ) -> Self {
         let first_choice_counts = assign.clone().slice(0..t).sum_dim(0).reshape([e]); // [E]
+        // A fresh tensor, not a view of the router's ids (burn-tch aliasing, see choice_major).
+        let first_choice = assign.clone().slice(0..t).argmax(1).reshape([t]); // [T]
         let assignment_counts = assign.sum_dim(0).reshape([e]); // [E]
         // A real token is skipped when none of its k assignments was kept.
         let kept_per_token = kept.clone().reshape([k, t]).sum_dim(0).reshape([t]); // [T]
