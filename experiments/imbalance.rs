@@ -9,8 +9,10 @@
 //!    one), under four balancing rules: none (α = 0), the load-balancing loss (α = 0.01),
 //!    aux-loss-free bias balancing (u = 1e-3, α = 0), and both.
 //!
-//! Expert choice is not among the arms: it sees the whole batch, so it leaks future tokens in a
-//! causal LM (the library refuses it there); it needs a bidirectional task (not run here).
+//! 3. **Expert choice** sees the whole batch, so it leaks future tokens in a causal LM (the
+//!    library refuses it there). The `enc-*` arms therefore train a bidirectional masked-byte
+//!    model (15% of the positions masked, only those scored) on the same 95/5 mixture, and
+//!    compare expert choice with the four token-choice rules there (`--arms enc-…`).
 //!
 //! Criterion, fixed before the runs: a balancing rule helps the minority when the 95% t interval
 //! of its paired (same seed) difference in Shakespeare test cross-entropy to the same batch
@@ -20,6 +22,9 @@
 //! ```sh
 //! cargo run --release --features experiments --example build_corpus
 //! cargo run --release --features experiments,tch --example imbalance    # LIBTORCH as in README
+//! cargo run --release --features experiments,tch --example imbalance -- \
+//!     --out experiments/results/imbalance-encoder --arms enc-mixed/none,enc-mixed/aux,\
+//!     enc-mixed/bias,enc-mixed/aux+bias,enc-mixed/ec,enc-homog/aux,enc-homog/ec
 //! ```
 
 mod common;
@@ -30,7 +35,9 @@ use std::path::Path;
 use clap::Parser;
 use common::cli::{CommonArgs, fail, load_multidomain};
 use common::plot::{self, Matrix, Series};
-use common::run::{Mixture, RunLog, base_spec, lm_config, mean_curve, seed_band, train_run};
+use common::run::{
+    Mixture, Objective, RunLog, base_spec, lm_config, mean_curve, seed_band, train_run,
+};
 use common::stats::{nmi, paired};
 use switch_moe::backend::{SelectedAutodiff, default_device};
 
@@ -44,8 +51,9 @@ struct Args {
     arms: Option<Vec<String>>,
 }
 
-/// Every arm: batch mode / balancing rule.
-const ARMS: [&str; 9] = [
+/// Every arm: batch mode / balancing rule. `enc-*` arms train a bidirectional masked-byte
+/// model (the only place expert choice is sound); the others a causal LM.
+const ARMS: [&str; 16] = [
     "natural/aux",
     "mixed/none",
     "mixed/aux",
@@ -55,7 +63,17 @@ const ARMS: [&str; 9] = [
     "homog/aux",
     "homog/bias",
     "homog/aux+bias",
+    "enc-mixed/none",
+    "enc-mixed/aux",
+    "enc-mixed/bias",
+    "enc-mixed/aux+bias",
+    "enc-mixed/ec",
+    "enc-homog/aux",
+    "enc-homog/ec",
 ];
+
+/// The causal-LM arms, run by default; the encoder arms run with `--arms` (see the README).
+const DEFAULT_ARMS: usize = 9;
 
 /// Domain indices in the corpus (see `load_multidomain`).
 const SHAKESPEARE: usize = 0;
@@ -65,6 +83,8 @@ const PROSE: usize = 2;
 const MINORITY_SHARE: f64 = 0.05;
 /// Experts in every arm.
 const EXPERTS: usize = 8;
+/// Share of the positions masked in the encoder arms (BERT's 15%).
+const MASK_RATE: f64 = 0.15;
 
 fn color_of(arm: &str) -> usize {
     ARMS.iter().position(|a| *a == arm).unwrap_or(ARMS.len())
@@ -82,7 +102,7 @@ fn main() {
     let arms: Vec<String> = args
         .arms
         .clone()
-        .unwrap_or_else(|| ARMS.iter().map(|s| s.to_string()).collect());
+        .unwrap_or_else(|| ARMS[..DEFAULT_ARMS].iter().map(|s| s.to_string()).collect());
     if let Some(bad) = arms.iter().find(|a| !ARMS.contains(&a.as_str())) {
         fail(&format!("--arms: unknown arm {bad}; one of {ARMS:?}"));
     }
@@ -91,7 +111,10 @@ fn main() {
     for &seed in &seeds {
         for arm in &arms {
             let (mode, rule) = arm.split_once('/').expect("arm names are mode/rule");
-            let mut model = lm_config(256, seq, d, f, layers, EXPERTS);
+            let encoder = mode.starts_with("enc-");
+            // The masked objective's mask token is id 256, after the 256 bytes.
+            let vocab = if encoder { 257 } else { 256 };
+            let mut model = lm_config(vocab, seq, d, f, layers, EXPERTS);
             let aux = rule.contains("aux");
             let bias = rule.contains("bias");
             model.aux_coef = if aux { 0.01 } else { 0.0 };
@@ -111,9 +134,14 @@ fn main() {
                 "natural" => None,
                 m => Some(Mixture {
                     weights: vec![(RUST, 1.0 - MINORITY_SHARE), (SHAKESPEARE, MINORITY_SHARE)],
-                    homogeneous: m == "homog",
+                    homogeneous: m.ends_with("homog"),
                 }),
             };
+            if encoder {
+                spec.objective = Objective::Masked { rate: MASK_RATE };
+            }
+            // Expert choice balances by construction: no auxiliary loss (Zhou et al. 2022).
+            spec.expert_choice = rule == "ec";
             let log = train_run::<SelectedAutodiff>(&spec, &corpus, &device);
             log.write_csv(&out)
                 .unwrap_or_else(|e| fail(&format!("writing CSVs: {e}")));
@@ -354,7 +382,7 @@ fn summarize(
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| arm | test shakespeare (minority) | Δ vs same-mode none (95% CI) | test rust (majority) \
+        "| arm | test shakespeare (minority) | Δ vs same-mode none, else aux (95% CI) | test rust (majority) \
          | Δ vs none | test prose (unseen) | mean / peak per-batch load | run load L1 / L2 | dead \
          experts | dropped shakespeare / rust | NMI L1 / L2 |"
     );
@@ -365,10 +393,12 @@ fn summarize(
             continue;
         }
         let col = |f: &dyn Fn(&RunLog) -> f64| mean(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
-        let baseline = arm
-            .split_once('/')
-            .map(|(m, _)| format!("{m}/none"))
-            .filter(|b| b != arm && arms.contains(b));
+        let baseline = arm.split_once('/').and_then(|(m, _)| {
+            [format!("{m}/none"), format!("{m}/aux")]
+                .into_iter()
+                .find(|b| arms.contains(b))
+                .filter(|b| b != arm)
+        });
         let delta = |domain: usize| -> String {
             let Some(b) = &baseline else {
                 return "—".into();
@@ -445,7 +475,8 @@ fn summarize(
     let summary = format!(
         "{table}\nTest cross-entropy in nats per byte on each domain's full test split, mean over \
          seeds {seeds:?}; Δ: mean of the per-seed differences to the same batch mode's `none` arm \
-         with a 95% t interval. Loads are E · max_i f_i (1 = balanced, {EXPERTS} = collapse): per \
+         (`aux` where `none` did not run) with a 95% t interval; `enc-*` arms: masked-byte \
+         cross-entropy (15% of positions) of a bidirectional model. Loads are E · max_i f_i (1 = balanced, {EXPERTS} = collapse): per \
          batch (mean over the run, and the largest of any batch and layer) and over the whole \
          run per sparse layer. Dead: experts under 1% of their fair share in the last tenth of \
          the run (both layers). Dropped: share of the domain's training tokens that no expert \

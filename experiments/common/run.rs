@@ -10,12 +10,16 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, Module, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::Tensor;
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
 use switch_moe::data::LmBatcher;
 use switch_moe::init::HostRng;
 use switch_moe::train::WarmupCosineLr;
-use switch_moe::{EncoderBlock, LmBatch, RoutingStats, SwitchLm, SwitchLmConfig};
+use switch_moe::{
+    EncoderBlock, LmBatch, LmOutput, MoeStats, RoutingMode, RoutingStats, SwitchEncoderInput,
+    SwitchLm, SwitchLmConfig,
+};
 
 use super::cli::Corpus;
 
@@ -56,6 +60,25 @@ pub struct RunSpec {
     /// Draw training windows from the domains in these proportions instead of uniformly from
     /// the concatenated training text (multi-domain corpora only).
     pub mixture: Option<Mixture>,
+    /// What the model learns: next-token prediction (causal) or masked tokens (bidirectional).
+    pub objective: Objective,
+    /// Switch the sparse layers to expert choice after building the model (bidirectional
+    /// objectives only: the library refuses it in a causal LM, where it would leak the future).
+    pub expert_choice: bool,
+}
+
+/// The training objective.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Objective {
+    /// Next-token prediction with causal attention ([`SwitchLm::forward_step`]).
+    Causal,
+    /// Masked-token prediction with bidirectional attention: each position shows the mask token
+    /// (the last id of the vocabulary) with probability `rate`, and only those positions are
+    /// scored. The model's embeddings, encoder, norm and head are used without the causal mask.
+    Masked {
+        /// Share of the positions masked.
+        rate: f64,
+    },
 }
 
 /// A domain mixture for the training batches.
@@ -266,6 +289,58 @@ fn batch<B: Backend>(
     LmBatcher.batch(windows, device)
 }
 
+/// One forward pass of `spec`'s objective over the windows at `starts`. For the masked
+/// objective `salt` picks the masks (training: fresh per step; evaluation: 0, the same masks at
+/// every evaluation).
+fn objective_step<B: Backend>(
+    model: &SwitchLm<B>,
+    spec: &RunSpec,
+    tokens: &[u32],
+    starts: &[usize],
+    salt: u64,
+    device: &B::Device,
+) -> LmOutput<B> {
+    let seq = spec.model.max_seq_len;
+    let Objective::Masked { rate } = spec.objective else {
+        return model.forward_step(batch::<B>(tokens, starts, seq, device));
+    };
+    let mask_id = (spec.model.vocab_size - 1) as i64;
+    let (mut inputs, mut targets, mut scored) = (Vec::new(), Vec::new(), Vec::new());
+    for &start in starts {
+        let mut rng = HostRng::new(salt ^ (start as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        for &t in &tokens[start..start + seq] {
+            let masked = ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < rate;
+            inputs.push(if masked { mask_id } else { t as i64 });
+            targets.push(t as i64);
+            scored.push(if masked { 1.0f32 } else { 0.0 });
+        }
+    }
+    let b = starts.len();
+    let int = |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [b, seq]), device);
+    let inputs = int(inputs);
+    let targets = int(targets).reshape([b * seq, 1]);
+    let scored = Tensor::<B, 1>::from_data(TensorData::new(scored, [b * seq]), device);
+
+    let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, device)
+        .reshape([1, seq])
+        .repeat_dim(0, b); // [B, S]
+    let x = model.token_embedding.forward(inputs) + model.position_embedding.forward(positions);
+    let (h, stats) = model.encoder.forward(SwitchEncoderInput::new(x)); // no mask: bidirectional
+    let logits = model.head.forward(model.norm.forward(h)); // [B, S, V]
+    let vocab = logits.dims()[2];
+    let logp = log_softmax(logits.reshape([b * seq, vocab]), 1).gather(1, targets); // [B·S, 1]
+    let count = scored.clone().sum().clamp_min(1.0); // [1]
+    let ce = (logp.reshape([b * seq]) * scored).sum().neg() / count; // [1], masked positions only
+    let moe = MoeStats::combine(stats);
+    let loss = ce.clone() + moe.weighted_loss(model.loss_weights());
+    LmOutput {
+        loss,
+        cross_entropy: ce,
+        moe,
+        num_tokens: b * seq,
+    }
+}
+
 /// A uniform index below `n` from the library's host generator.
 fn below(rng: &mut HostRng, n: usize) -> usize {
     (rng.next_u64() % n as u64) as usize
@@ -324,7 +399,7 @@ fn evaluate<B: Backend>(
     let n = spec.eval_windows.min((corpus.valid.len() - 1) / seq).max(1);
     let stride = (corpus.valid.len() - seq - 1) / n.max(1);
     let starts: Vec<usize> = (0..n).map(|i| i * stride).collect();
-    mean_ce(model, &corpus.valid, &starts, seq, spec.batch_size, device)
+    mean_ce(model, spec, &corpus.valid, &starts, spec.batch_size, device)
 }
 
 /// Cross-entropy over every token of `tokens` that has a full window: non-overlapping windows
@@ -338,21 +413,21 @@ fn evaluate_all<B: Backend>(
     let seq = spec.model.max_seq_len;
     let n = (tokens.len().saturating_sub(1)) / seq;
     let starts: Vec<usize> = (0..n).map(|i| i * seq).collect();
-    mean_ce(model, tokens, &starts, seq, spec.batch_size * 4, device)
+    mean_ce(model, spec, tokens, &starts, spec.batch_size * 4, device)
 }
 
 /// Mean cross-entropy of the windows of `seq` tokens at `starts`, in batches of `batch`.
 fn mean_ce<B: Backend>(
     model: &SwitchLm<B>,
+    spec: &RunSpec,
     tokens: &[u32],
     starts: &[usize],
-    seq: usize,
     batch_size: usize,
     device: &B::Device,
 ) -> f64 {
     let mut total = 0.0;
     for chunk in starts.chunks(batch_size) {
-        let out = model.forward_step(batch::<B>(tokens, chunk, seq, device));
+        let out = objective_step(model, spec, tokens, chunk, 0, device);
         total += to_f64(out.cross_entropy)[0] * chunk.len() as f64;
     }
     total / starts.len().max(1) as f64
@@ -389,8 +464,9 @@ fn draw_windows(spec: &RunSpec, corpus: &Corpus, rng: &mut HostRng) -> (Vec<usiz
 }
 
 /// First-choice counts `[layer][domain][expert]` in eval mode on the first [`PROBE_TOKENS`]
-/// tokens of each domain's test split, in domain-homogeneous batches (batch composition does
-/// not change a token's first choice; capacity only decides drops).
+/// tokens of each domain's test split, in domain-homogeneous batches: each token's first choice
+/// before capacity (token choice) or its most probable expert (expert choice, where the tokens an
+/// expert takes are equal by construction), so batch composition does not matter.
 fn probe_routing<B: Backend>(
     model: &SwitchLm<B>,
     corpus: &Corpus,
@@ -403,17 +479,21 @@ fn probe_routing<B: Backend>(
         let n = (PROBE_TOKENS / seq).min((domain.test.len() - 1) / seq);
         let starts: Vec<usize> = (0..n).map(|i| i * seq).collect();
         for chunk in starts.chunks(spec.batch_size * 4) {
-            let out = model.forward_step(batch::<B>(&domain.test, chunk, seq, device));
-            let stats = RoutingStats::read(&out.moe);
+            let out = objective_step(model, spec, &domain.test, chunk, 0, device);
+            let experts = out.moe.layers[0].num_experts();
+            let firsts = out
+                .moe
+                .layers
+                .iter()
+                .map(|l| l.token_expert.clone().float())
+                .collect();
+            let (_, firsts) = RoutingStats::read_with(&out.moe, firsts);
             if counts.is_empty() {
-                counts = vec![
-                    vec![vec![0.0; stats.num_experts()]; corpus.domains.len()];
-                    stats.layers.len()
-                ];
+                counts = vec![vec![vec![0.0; experts]; corpus.domains.len()]; firsts.len()];
             }
-            for (l, layer) in stats.layers.iter().enumerate() {
-                for (c, v) in counts[l][d].iter_mut().zip(&layer.tokens_per_expert) {
-                    *c += v;
+            for (l, layer) in firsts.iter().enumerate() {
+                for e in layer {
+                    counts[l][d][*e as usize] += 1.0;
                 }
             }
         }
@@ -429,6 +509,13 @@ pub fn train_run<B: AutodiffBackend>(
 ) -> RunLog {
     B::seed(device, spec.seed);
     let mut model: SwitchLm<B> = spec.model.init(device);
+    if spec.expert_choice {
+        for layer in model.encoder.layers.iter_mut() {
+            if let EncoderBlock::Sparse(l) = layer {
+                l.moe.routing = RoutingMode::ExpertChoice;
+            }
+        }
+    }
     if spec.remove_sparse_ffn {
         for layer in model.encoder.layers.iter_mut() {
             if let EncoderBlock::Sparse(l) = layer {
@@ -463,7 +550,8 @@ pub fn train_run<B: AutodiffBackend>(
     for step in 1..=spec.steps {
         let t0 = Instant::now();
         let (starts, labels) = draw_windows(spec, corpus, &mut rng);
-        let out = model.forward_step(batch::<B>(&corpus.train, &starts, seq, device));
+        let salt = rng.next_u64();
+        let out = objective_step(&model, spec, &corpus.train, &starts, salt, device);
         let mut grads = out.loss.backward();
         let lr = spec.lr_at(step);
         if spec.expert_lr_ratio != 1.0 {
@@ -730,6 +818,8 @@ pub fn base_spec(
         cooldown: None,
         remove_sparse_ffn: false,
         mixture: None,
+        objective: Objective::Causal,
+        expert_choice: false,
         expert_lr_ratio: 1.0,
         warmup_steps: (steps / 20).max(1),
         weight_decay: 0.01,
