@@ -121,10 +121,17 @@ fn collapse_alarms_warn_or_stop() {
         .unwrap();
     let stderr = failure_stderr(&out);
     let last = *error_lines(&stderr).last().unwrap();
-    assert!(
-        last.contains("collapsing") && last.contains("no checkpoint"),
-        "{last}"
-    );
+    assert!(last.contains("collapsing"), "{last}");
+    // The alarm reaches the Learner through burn-train's asynchronous event processing: on a
+    // loaded machine the first epoch may end, and be checkpointed, before the stop takes effect.
+    // Either way the error says what there is to resume from, and a named checkpoint exists.
+    match last.split_once("the last good checkpoint is ") {
+        Some((_, rest)) => {
+            let path = rest.split(" (epoch").next().unwrap();
+            assert!(std::path::Path::new(path).exists(), "{last}");
+        }
+        None => assert!(last.contains("no checkpoint"), "{last}"),
+    }
 }
 
 #[test]
