@@ -29,6 +29,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -46,9 +47,13 @@ use switch_moe::backend::{SelectedAutodiff, default_device};
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// Arms to run, in order (default: all).
+    /// Arms to run, in order (default: the causal-LM arms).
     #[arg(long, value_delimiter = ',')]
     arms: Option<Vec<String>>,
+    /// Train nothing: redraw `expert_by_domain.png` and rewrite `batch_modes.md` from the
+    /// `final.csv` and `routing_by_domain.csv` in the output directory.
+    #[arg(long)]
+    replot: bool,
 }
 
 /// Every arm: batch mode / balancing rule. `enc-*` arms train a bidirectional masked-byte
@@ -105,6 +110,18 @@ fn main() {
         .unwrap_or_else(|| ARMS[..DEFAULT_ARMS].iter().map(|s| s.to_string()).collect());
     if let Some(bad) = arms.iter().find(|a| !ARMS.contains(&a.as_str())) {
         fail(&format!("--arms: unknown arm {bad}; one of {ARMS:?}"));
+    }
+    if args.replot {
+        let routing = read_routing_csv(&out);
+        let arms: Vec<String> = ARMS
+            .iter()
+            .map(|a| a.to_string())
+            .filter(|a| routing.contains_key(&(a.clone(), seeds[0])))
+            .collect();
+        draw_heatmaps(&out, &arms, seeds[0], &routing);
+        let table = batch_mode_table(&out);
+        println!("{table}");
+        return;
     }
 
     let mut logs: Vec<(String, u64, RunLog)> = Vec::new();
@@ -283,54 +300,8 @@ fn summarize(
     let runs_of =
         |arm: &str| -> Vec<&RunLog> { seeds.iter().filter_map(|&s| run(arm, s)).collect() };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let domain_names = ["shakespeare", "rust", "prose"];
 
-    // Heatmaps: share of each domain's probe tokens per expert, seed 1 (the first seed), per
-    // sparse layer, for the natural mixture and the 95/5 arms.
-    let mut panels = Vec::new();
-    for arm in arms {
-        let Some(log) = run(arm, seeds[0]) else {
-            continue;
-        };
-        let domains: &[usize] = if arm.starts_with("natural") {
-            &[SHAKESPEARE, RUST, PROSE]
-        } else {
-            &[SHAKESPEARE, RUST]
-        };
-        for (l, per_domain) in log.domain_routing.iter().enumerate() {
-            let values: Vec<Vec<f64>> = domains
-                .iter()
-                .map(|&d| {
-                    let n: f64 = per_domain[d].iter().sum();
-                    per_domain[d].iter().map(|c| c / n.max(1.0)).collect()
-                })
-                .collect();
-            let table: Vec<Vec<f64>> = domains.iter().map(|&d| per_domain[d].clone()).collect();
-            panels.push(Matrix {
-                title: format!("{arm} · sparse layer {} · NMI {:.3}", l + 1, nmi(&table)),
-                rows: domains
-                    .iter()
-                    .map(|&d| domain_names[d].to_string())
-                    .collect(),
-                col_desc: "expert (first choice)".into(),
-                row_desc: "test domain".into(),
-                values,
-            });
-        }
-    }
-    if !panels.is_empty() {
-        plot::matrices(
-            &out.join("expert_by_domain.png"),
-            &format!(
-                "Share of each domain's test tokens per expert (%), seed {}",
-                seeds[0]
-            ),
-            &panels,
-            2,
-            "share of the domain's tokens",
-        )
-        .unwrap_or_else(|e| fail(&e));
-    }
+    draw_heatmaps(out, arms, seeds[0], &read_routing_csv(out));
 
     // Validation curves with seed bands.
     let series: Vec<Series> = arms
@@ -491,4 +462,144 @@ fn summarize(
     );
     println!("{summary}");
     std::fs::write(out.join("summary.md"), summary).unwrap_or_else(|e| fail(&e.to_string()));
+    println!("{}", batch_mode_table(out));
+}
+
+/// `routing_by_domain.csv` as (arm, seed) → counts `[layer][domain][expert]`.
+fn read_routing_csv(out: &Path) -> BTreeMap<(String, u64), Vec<Vec<Vec<f64>>>> {
+    let path = out.join("routing_by_domain.csv");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display())));
+    let mut map: BTreeMap<(String, u64), Vec<Vec<Vec<f64>>>> = BTreeMap::new();
+    for line in text.lines().skip(1) {
+        let c: Vec<&str> = line.split(',').collect();
+        let parsed = (|| -> Option<_> {
+            Some((
+                c.first()?.to_string(),
+                c.get(1)?.parse::<u64>().ok()?,
+                c.get(2)?.parse::<usize>().ok()?,
+                c.get(3)?.parse::<usize>().ok()?,
+                c.get(4)?.parse::<usize>().ok()?,
+                c.get(5)?.parse::<f64>().ok()?,
+            ))
+        })();
+        let Some((arm, seed, l, d, e, count)) = parsed else {
+            fail(&format!("{}: bad line {line:?}", path.display()));
+        };
+        let t = map.entry((arm, seed)).or_default();
+        if t.len() <= l {
+            t.resize(l + 1, Vec::new());
+        }
+        if t[l].len() <= d {
+            t[l].resize(d + 1, Vec::new());
+        }
+        if t[l][d].len() <= e {
+            t[l][d].resize(e + 1, 0.0);
+        }
+        t[l][d][e] = count;
+    }
+    map
+}
+
+/// `expert_by_domain.png`: per arm and sparse layer, the share of each domain's probe tokens
+/// whose first choice is each expert, for one seed, with the NMI in the title.
+fn draw_heatmaps(
+    out: &Path,
+    arms: &[String],
+    seed: u64,
+    routing: &BTreeMap<(String, u64), Vec<Vec<Vec<f64>>>>,
+) {
+    let domain_names = ["shakespeare", "rust", "prose"];
+    let mut panels = Vec::new();
+    for arm in arms {
+        let Some(per_layer) = routing.get(&(arm.clone(), seed)) else {
+            continue;
+        };
+        let domains: &[usize] = if arm.starts_with("natural") {
+            &[SHAKESPEARE, RUST, PROSE]
+        } else {
+            &[SHAKESPEARE, RUST]
+        };
+        for (l, per_domain) in per_layer.iter().enumerate() {
+            let values: Vec<Vec<f64>> = domains
+                .iter()
+                .map(|&d| {
+                    let n: f64 = per_domain[d].iter().sum();
+                    per_domain[d].iter().map(|c| c / n.max(1.0)).collect()
+                })
+                .collect();
+            let table: Vec<Vec<f64>> = domains.iter().map(|&d| per_domain[d].clone()).collect();
+            panels.push(Matrix {
+                title: format!("{arm} · sparse layer {} · NMI {:.3}", l + 1, nmi(&table)),
+                rows: domains
+                    .iter()
+                    .map(|&d| domain_names[d].to_string())
+                    .collect(),
+                col_desc: "expert (first choice)".into(),
+                row_desc: "test domain".into(),
+                values,
+            });
+        }
+    }
+    if panels.is_empty() {
+        return;
+    }
+    plot::matrices(
+        &out.join("expert_by_domain.png"),
+        &format!("Share of each domain's test tokens per expert (%), seed {seed}"),
+        &panels,
+        2,
+        "share of the domain's tokens",
+    )
+    .unwrap_or_else(|e| fail(&e));
+}
+
+/// `batch_modes.md`: for every rule run with both batch modes, the paired (same seed) difference
+/// homogeneous − mixed of the minority's and the majority's test loss, from `final.csv`.
+fn batch_mode_table(out: &Path) -> String {
+    let path = out.join("final.csv");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display())));
+    // (arm, seed) → (shakespeare, rust)
+    let mut rows: BTreeMap<(String, u64), (f64, f64)> = BTreeMap::new();
+    for line in text.lines().skip(1) {
+        let c: Vec<&str> = line.split(',').collect();
+        if let (Some(arm), Some(seed), Some(sh), Some(ru)) = (
+            c.first(),
+            c.get(1).and_then(|v| v.parse().ok()),
+            c.get(2).and_then(|v| v.parse().ok()),
+            c.get(3).and_then(|v| v.parse().ok()),
+        ) {
+            rows.insert((arm.to_string(), seed), (sh, ru));
+        }
+    }
+    let mut table = String::from(
+        "| rule | homogeneous − mixed, shakespeare (95% CI) | homogeneous − mixed, rust (95% CI) | seeds |\n|---|---|---|---|\n",
+    );
+    for (mixed, homog) in [("mixed", "homog"), ("enc-mixed", "enc-homog")] {
+        for rule in ["none", "aux", "bias", "aux+bias", "ec"] {
+            let (m, h) = (format!("{mixed}/{rule}"), format!("{homog}/{rule}"));
+            let pairs: Vec<((f64, f64), (f64, f64))> = rows
+                .iter()
+                .filter(|((a, _), _)| *a == h)
+                .filter_map(|((_, s), hv)| Some((*hv, *rows.get(&(m.clone(), *s))?)))
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let fmt = |diffs: Vec<f64>| {
+                let (mean, half) = paired(&diffs);
+                format!("{mean:+.4} ± {half:.4}")
+            };
+            let _ = writeln!(
+                table,
+                "| {h} − {m} | {} | {} | {} |",
+                fmt(pairs.iter().map(|(h, m)| h.0 - m.0).collect()),
+                fmt(pairs.iter().map(|(h, m)| h.1 - m.1).collect()),
+                pairs.len()
+            );
+        }
+    }
+    std::fs::write(out.join("batch_modes.md"), &table).unwrap_or_else(|e| fail(&e.to_string()));
+    table
 }

@@ -389,32 +389,32 @@ pub fn matrices(
     for (panel, area) in panels.iter().zip(grid.split_evenly((rows, cols))) {
         let (nr, nc) = (panel.rows.len(), panel.values.first().map_or(0, Vec::len));
         let labels = panel.rows.clone();
+        // Cell (r, c) is centred on (c, nr − 1 − r), so the integer ticks name the cells.
         let mut chart = ChartBuilder::on(&area)
             .caption(&panel.title, ("sans-serif", 15))
             .margin(8)
             .x_label_area_size(36)
             .y_label_area_size(100)
-            .build_cartesian_2d(0.0..nc as f64, 0.0..nr as f64)
+            .build_cartesian_2d(-0.5..nc as f64 - 0.5, -0.5..nr as f64 - 0.5)
             .map_err(|e| err(&e))?;
+        let whole = |v: f64| (v - v.round()).abs() < 1e-6;
         chart
             .configure_mesh()
             .disable_mesh()
-            .x_labels(nc + 1)
-            .y_labels(nr * 2 + 1)
+            .x_labels(nc)
+            .y_labels(nr)
             .x_label_formatter(&|x| {
-                let c = x - 0.5;
-                if (c - c.round()).abs() < 1e-6 && c >= 0.0 {
-                    format!("{}", c.round() as usize)
+                if whole(*x) && *x >= 0.0 {
+                    format!("{}", x.round() as usize)
                 } else {
                     String::new()
                 }
             })
             .y_label_formatter(&|y| {
-                let r = y - 0.5;
-                if (r - r.round()).abs() < 1e-6 && r >= 0.0 {
+                if whole(*y) && *y >= 0.0 {
                     // Row 0 at the top.
                     labels
-                        .get(nr - 1 - r.round() as usize)
+                        .get(nr - 1 - y.round() as usize)
                         .cloned()
                         .unwrap_or_default()
                 } else {
@@ -431,14 +431,15 @@ pub fn matrices(
         for (r, row) in panel.values.iter().enumerate() {
             let y = (nr - 1 - r) as f64;
             for (c, v) in row.iter().enumerate() {
+                let x = c as f64;
                 cells.push(Rectangle::new(
-                    [(c as f64, y), (c as f64 + 1.0, y + 1.0)],
+                    [(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)],
                     share_color(*v).filled(),
                 ));
                 let ink = if *v > 0.55 { WHITE } else { BLACK };
                 texts.push(Text::new(
                     format!("{:.0}", v * 100.0),
-                    (c as f64 + 0.3, y + 0.65),
+                    (x - 0.15, y + 0.12),
                     ("sans-serif", 12).into_font().color(&ink),
                 ));
             }
