@@ -36,9 +36,7 @@ use std::path::Path;
 use clap::Parser;
 use common::cli::{CommonArgs, fail, load_multidomain};
 use common::plot::{self, Matrix, Series};
-use common::run::{
-    Mixture, Objective, RunLog, base_spec, lm_config, mean_curve, seed_band, train_run,
-};
+use common::run::{Mixture, Objective, RunLog, base_spec, lm_config, train_run};
 use common::stats::{nmi, paired};
 use switch_moe::backend::{SelectedAutodiff, default_device};
 
@@ -50,8 +48,8 @@ struct Args {
     /// Arms to run, in order (default: the causal-LM arms).
     #[arg(long, value_delimiter = ',')]
     arms: Option<Vec<String>>,
-    /// Train nothing: redraw `expert_by_domain.png` and rewrite `batch_modes.md` from the
-    /// `final.csv` and `routing_by_domain.csv` in the output directory.
+    /// Train nothing: rewrite the report (summary.md, batch_modes.md, the PNGs) from the CSVs in
+    /// the output directory (e.g. of an interrupted study).
     #[arg(long)]
     replot: bool,
 }
@@ -112,15 +110,7 @@ fn main() {
         fail(&format!("--arms: unknown arm {bad}; one of {ARMS:?}"));
     }
     if args.replot {
-        let routing = read_routing_csv(&out);
-        let arms: Vec<String> = ARMS
-            .iter()
-            .map(|a| a.to_string())
-            .filter(|a| routing.contains_key(&(a.clone(), seeds[0])))
-            .collect();
-        draw_heatmaps(&out, &arms, seeds[0], &routing);
-        let table = batch_mode_table(&out);
-        println!("{table}");
+        report(&out, "Redrawn from the CSVs (--replot).");
         return;
     }
 
@@ -166,7 +156,16 @@ fn main() {
             write_final(&out, &logs);
         }
     }
-    summarize(&out, &arms, &seeds, &logs, steps);
+    let wall: f64 = logs.iter().map(|(_, _, l)| l.wall_s).sum();
+    report(
+        &out,
+        &format!(
+            "{steps} steps of {} tokens; backend {}, total wall {:.1} min.",
+            batch * seq,
+            switch_moe::backend::NAME,
+            wall / 60.0
+        ),
+    );
 }
 
 /// `mixed/aux+bias` → `mixed_aux-bias` (file names).
@@ -285,37 +284,48 @@ fn write_final(out: &Path, logs: &[(String, u64, RunLog)]) {
         .unwrap_or_else(|e| fail(&e.to_string()));
 }
 
-fn summarize(
-    out: &Path,
-    arms: &[String],
-    seeds: &[u64],
-    logs: &[(String, u64, RunLog)],
-    steps: usize,
-) {
-    let run = |arm: &str, seed: u64| {
-        logs.iter()
-            .find(|(a, s, _)| a == arm && *s == seed)
-            .map(|(_, _, l)| l)
-    };
-    let runs_of =
-        |arm: &str| -> Vec<&RunLog> { seeds.iter().filter_map(|&s| run(arm, s)).collect() };
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-
-    draw_heatmaps(out, arms, seeds[0], &read_routing_csv(out));
-
-    // Validation curves with seed bands.
-    let series: Vec<Series> = arms
+/// The report, from the CSVs in `out` alone (so `--replot` and an interrupted study give the
+/// same): `summary.md`, `expert_by_domain.png`, `valid_loss.png`, `max_load.png`,
+/// `batch_modes.md`. `footer` adds what only the live run knows (wall time).
+fn report(out: &Path, footer: &str) {
+    let finals = read_final_csv(out);
+    let arms: Vec<String> = ARMS
         .iter()
-        .map(|a| {
-            let runs = runs_of(a);
-            Series::new(
-                a.clone(),
-                mean_curve(&runs, false, |p| p.valid_ce),
-                color_of(a),
-            )
-            .with_band(seed_band(&runs, false, |p| p.valid_ce))
-        })
+        .map(|a| a.to_string())
+        .filter(|a| finals.keys().any(|(x, _)| x == a))
         .collect();
+    let mut seeds: Vec<u64> = finals.keys().map(|(_, s)| *s).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    let Some(&first_seed) = seeds.first() else {
+        fail(&format!("no runs in {}", out.join("final.csv").display()));
+    };
+    draw_heatmaps(out, &arms, first_seed, &read_routing_csv(out));
+
+    // Curves (validation loss, per-batch load) from the per-run CSVs, mean and seed range.
+    let curves = |column: &str| -> Vec<Series> {
+        arms.iter()
+            .map(|arm| {
+                let runs: Vec<Vec<(f64, f64)>> = seeds
+                    .iter()
+                    .filter(|s| finals.contains_key(&(arm.clone(), **s)))
+                    .map(|s| read_curve(out, &format!("{}_seed{s}", file_name(arm)), column))
+                    .collect();
+                let n = runs.iter().map(Vec::len).min().unwrap_or(0);
+                let at = |i: usize| runs.iter().map(move |r| r[i].1);
+                let mean: Vec<(f64, f64)> = (0..n)
+                    .map(|i| (runs[0][i].0, at(i).sum::<f64>() / runs.len() as f64))
+                    .collect();
+                let band = (0..n)
+                    .map(|i| {
+                        let lo = at(i).fold(f64::INFINITY, f64::min);
+                        (runs[0][i].0, lo, at(i).fold(f64::NEG_INFINITY, f64::max))
+                    })
+                    .collect();
+                Series::new(arm.clone(), mean, color_of(arm)).with_band(band)
+            })
+            .collect()
+    };
     plot::lines(
         &out.join("valid_loss.png"),
         &format!(
@@ -324,28 +334,16 @@ fn summarize(
         ),
         "step",
         "validation cross-entropy (nats/byte)",
-        &series,
+        &curves("valid_ce"),
         None,
     )
     .unwrap_or_else(|e| fail(&e));
-    let loads: Vec<Series> = arms
-        .iter()
-        .map(|a| {
-            let runs = runs_of(a);
-            Series::new(
-                a.clone(),
-                mean_curve(&runs, false, |p| p.max_load),
-                color_of(a),
-            )
-            .with_band(seed_band(&runs, false, |p| p.max_load))
-        })
-        .collect();
     plot::lines(
         &out.join("max_load.png"),
         "Per-batch load E·max f (mean of the sparse layers and of the steps since the last point)",
         "step",
         "E · max_i f_i (1 = balanced)",
-        &loads,
+        &curves("max_load"),
         Some((1.0, 1.0)),
     )
     .unwrap_or_else(|e| fail(&e));
@@ -353,116 +351,140 @@ fn summarize(
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| arm | test shakespeare (minority) | Δ vs same-mode none, else aux (95% CI) | test rust (majority) \
-         | Δ vs none | test prose (unseen) | mean / peak per-batch load | run load L1 / L2 | dead \
-         experts | dropped shakespeare / rust | NMI L1 / L2 |"
+        "| arm | seeds | test shakespeare (minority) | Δ vs same-mode none, else aux (95% CI) | \
+         test rust (majority) | Δ (95% CI) | test prose (unseen) | per-batch load mean / peak | \
+         run load L1 / L2 | dead experts | dropped shakespeare / rust | NMI L1 / L2 |"
     );
-    let _ = writeln!(table, "|{}", "---|".repeat(11));
-    for arm in arms {
-        let runs = runs_of(arm);
-        if runs.is_empty() {
-            continue;
-        }
-        let col = |f: &dyn Fn(&RunLog) -> f64| mean(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
+    let _ = writeln!(table, "|{}", "---|".repeat(12));
+    let value = |arm: &str, seed: u64, column: &str| -> Option<f64> {
+        finals.get(&(arm.to_string(), seed))?.get(column).copied()
+    };
+    for arm in &arms {
+        let present: Vec<u64> = seeds
+            .iter()
+            .copied()
+            .filter(|s| finals.contains_key(&(arm.clone(), *s)))
+            .collect();
+        let mean = |column: &str| {
+            let v: Vec<f64> = present
+                .iter()
+                .filter_map(|s| value(arm, *s, column))
+                .collect();
+            v.iter().sum::<f64>() / v.len().max(1) as f64
+        };
         let baseline = arm.split_once('/').and_then(|(m, _)| {
             [format!("{m}/none"), format!("{m}/aux")]
                 .into_iter()
                 .find(|b| arms.contains(b))
                 .filter(|b| b != arm)
         });
-        let delta = |domain: usize| -> String {
+        let delta = |column: &str| -> String {
             let Some(b) = &baseline else {
                 return "—".into();
             };
-            let diffs: Vec<f64> = seeds
+            let diffs: Vec<f64> = present
                 .iter()
-                .filter_map(|&s| Some(test_ce(run(arm, s)?, domain) - test_ce(run(b, s)?, domain)))
+                .filter_map(|s| Some(value(arm, *s, column)? - value(b, *s, column)?))
                 .collect();
             if diffs.is_empty() {
                 return "—".into();
             }
             let (m, h) = paired(&diffs);
-            format!("{m:+.4} ± {h:.4}")
+            let bold = if m + h < 0.0 { "**" } else { "" };
+            format!("{bold}{m:+.4} ± {h:.4}{bold} (vs {b})")
         };
-        let loads: Vec<Vec<f64>> = runs
-            .iter()
-            .map(|r| {
-                run_fractions(r)
-                    .iter()
-                    .map(|f| f.iter().copied().fold(0.0, f64::max) * f.len() as f64)
-                    .collect()
-            })
-            .collect();
-        let load_l = |l: usize| {
-            mean(
-                &loads
-                    .iter()
-                    .filter_map(|v| v.get(l).copied())
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let domains: &[usize] = if arm.starts_with("natural") {
-            &[SHAKESPEARE, RUST, PROSE]
-        } else {
-            &[RUST, SHAKESPEARE]
-        };
-        let nmis: Vec<Vec<f64>> = runs.iter().map(|r| layer_nmi(r, domains)).collect();
-        let nmi_l = |l: usize| {
-            mean(
-                &nmis
-                    .iter()
-                    .filter_map(|v| v.get(l).copied())
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let drops = if arm.starts_with("natural") {
+        let natural = arm.starts_with("natural");
+        let drops = if natural {
             "—".to_string()
         } else {
             format!(
-                "{:.2}% / {:.2}%",
-                100.0 * col(&|r| dropped_share(r, SHAKESPEARE)),
-                100.0 * col(&|r| dropped_share(r, RUST))
+                "{:.1}% / {:.1}%",
+                100.0 * mean("dropped_shakespeare"),
+                100.0 * mean("dropped_rust")
             )
+        };
+        let nmi_cols = if natural {
+            ("nmi3_l1", "nmi3_l2")
+        } else {
+            ("nmi2_l1", "nmi2_l2")
         };
         let _ = writeln!(
             table,
-            "| {arm} | {:.4} | {} | {:.4} | {} | {:.4} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} | {drops} | {:.3} / {:.3} |",
-            col(&|r| test_ce(r, SHAKESPEARE)),
-            delta(SHAKESPEARE),
-            col(&|r| test_ce(r, RUST)),
-            delta(RUST),
-            col(&|r| test_ce(r, PROSE)),
-            col(&|r| r.points.iter().map(|p| p.max_load).sum::<f64>()
-                / r.points.len().max(1) as f64),
-            col(&|r| r.peak_load),
-            load_l(0),
-            load_l(1),
-            col(&|r| dead_experts(r) as f64),
-            nmi_l(0),
-            nmi_l(1),
+            "| {arm} | {} | {:.4} | {} | {:.4} | {} | {:.4} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} | {drops} | {:.3} / {:.3} |",
+            present.len(),
+            mean("test_shakespeare"),
+            delta("test_shakespeare"),
+            mean("test_rust"),
+            delta("test_rust"),
+            mean("test_prose"),
+            mean("mean_batch_load"),
+            mean("peak_batch_load"),
+            mean("run_load_l1"),
+            mean("run_load_l2"),
+            mean("dead_experts"),
+            mean(nmi_cols.0),
+            mean(nmi_cols.1),
         );
     }
-    let wall: f64 = logs.iter().map(|(_, _, l)| l.wall_s).sum();
     let summary = format!(
         "{table}\nTest cross-entropy in nats per byte on each domain's full test split, mean over \
-         seeds {seeds:?}; Δ: mean of the per-seed differences to the same batch mode's `none` arm \
-         (`aux` where `none` did not run) with a 95% t interval; `enc-*` arms: masked-byte \
-         cross-entropy (15% of positions) of a bidirectional model. Loads are E · max_i f_i (1 = balanced, {EXPERTS} = collapse): per \
-         batch (mean over the run, and the largest of any batch and layer) and over the whole \
-         run per sparse layer. Dead: experts under 1% of their fair share in the last tenth of \
-         the run (both layers). Dropped: share of the domain's training tokens that no expert \
-         processed (capacity factor 1.25), both layers. NMI between first-choice expert and \
-         domain on {} test tokens per domain (natural: three domains; 95/5 arms: rust and \
-         shakespeare). {steps} steps of {} tokens; backend {}, total wall {:.1} min.\n",
+         the seeds; Δ: mean of the per-seed differences to the same batch mode's `none` arm \
+         (`aux` where `none` did not run) with a 95% t interval, bold when it lies below 0; \
+         `enc-*` arms: masked-byte cross-entropy (15% of positions) of a bidirectional model. \
+         Loads are E · max_i f_i (1 = balanced, {EXPERTS} = collapse): per batch (mean over the \
+         run, and the largest of any batch and layer) and over the whole run per sparse layer. \
+         Dead: experts under 1% of their fair share in the last tenth of the run (both layers). \
+         Dropped: share of the domain's training tokens that no expert processed (capacity \
+         factor 1.25), both layers. NMI between first-choice (expert choice: most probable) \
+         expert and domain on {} test tokens per domain (natural: three domains; 95/5 arms: \
+         rust and shakespeare). {footer}\n",
         common::run::PROBE_TOKENS,
-        logs.first()
-            .map_or(0, |(_, _, l)| l.spec.batch_size * l.spec.model.max_seq_len),
-        switch_moe::backend::NAME,
-        wall / 60.0
     );
     println!("{summary}");
     std::fs::write(out.join("summary.md"), summary).unwrap_or_else(|e| fail(&e.to_string()));
     println!("{}", batch_mode_table(out));
+}
+
+/// `final.csv` as (arm, seed) → column → value.
+fn read_final_csv(out: &Path) -> BTreeMap<(String, u64), BTreeMap<String, f64>> {
+    let path = out.join("final.csv");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display())));
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let mut map = BTreeMap::new();
+    for line in lines {
+        let c: Vec<&str> = line.split(',').collect();
+        let (Some(arm), Some(Ok(seed))) = (c.first(), c.get(1).map(|v| v.parse::<u64>())) else {
+            fail(&format!("{}: bad line {line:?}", path.display()));
+        };
+        let values = header
+            .iter()
+            .zip(&c)
+            .skip(2)
+            .filter_map(|(h, v)| Some((h.to_string(), v.parse::<f64>().ok()?)))
+            .collect();
+        map.insert((arm.to_string(), seed), values);
+    }
+    map
+}
+
+/// (step, value of `column`) from a run's CSV (`<name>.csv`).
+fn read_curve(out: &Path, name: &str, column: &str) -> Vec<(f64, f64)> {
+    let path = out.join(format!("{name}.csv"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display())));
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let Some(col) = header.iter().position(|h| *h == column) else {
+        fail(&format!("{}: no column {column}", path.display()));
+    };
+    lines
+        .filter_map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            Some((c.first()?.parse().ok()?, c.get(col)?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// `routing_by_domain.csv` as (arm, seed) → counts `[layer][domain][expert]`.

@@ -65,6 +65,51 @@ pub struct RunSpec {
     /// Switch the sparse layers to expert choice after building the model (bidirectional
     /// objectives only: the library refuses it in a causal LM, where it would leak the future).
     pub expert_choice: bool,
+    /// `Some(s)`: re-draw **every** weight matrix (attention, dense FFNs, head, routers,
+    /// experts; not the embeddings, norms or biases) from the truncated normal of std
+    /// √(s / fan_in), as the Switch paper's Table 3 does; `None`: the library's initialisation
+    /// (router and experts at the config's scale, other layers Burn's defaults).
+    pub init_all: Option<f64>,
+}
+
+/// Re-draws every weight matrix from the paper's truncated normal (see [`RunSpec::init_all`]).
+struct ScaledInit<'a, B: Backend> {
+    scale: f64,
+    path: Vec<String>,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> burn::module::ModuleMapper<B> for ScaledInit<'_, B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let in_embedding = self.path.iter().any(|p| p.contains("embedding"));
+        let is_bias = self
+            .path
+            .last()
+            .is_some_and(|p| p == "bias" || p.starts_with("b_"));
+        if D < 2 || in_embedding || is_bias {
+            return param;
+        }
+        let (scale, device) = (self.scale, self.device);
+        param.map(|w| {
+            // Linear weights are [in, out]; expert weights [E, in, out]: fan-in is dims[D − 2].
+            let dims = w.dims();
+            let init = switch_moe::init::truncated_normal::<B, D>(dims, scale, dims[D - 2], device);
+            let init = init.cast(w.dtype());
+            if w.is_require_grad() {
+                init.require_grad()
+            } else {
+                init
+            }
+        })
+    }
 }
 
 /// The training objective.
@@ -509,6 +554,13 @@ pub fn train_run<B: AutodiffBackend>(
 ) -> RunLog {
     B::seed(device, spec.seed);
     let mut model: SwitchLm<B> = spec.model.init(device);
+    if let Some(scale) = spec.init_all {
+        model = model.map(&mut ScaledInit {
+            scale,
+            path: Vec::new(),
+            device,
+        });
+    }
     if spec.expert_choice {
         for layer in model.encoder.layers.iter_mut() {
             if let EncoderBlock::Sparse(l) = layer {
@@ -820,6 +872,7 @@ pub fn base_spec(
         mixture: None,
         objective: Objective::Causal,
         expert_choice: false,
+        init_all: None,
         expert_lr_ratio: 1.0,
         warmup_steps: (steps / 20).max(1),
         weight_decay: 0.01,
