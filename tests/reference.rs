@@ -344,16 +344,8 @@ fn option_case(
     let (expected, dropped, per_token) = reference.forward(&x, &real, &o);
     let got = host(y);
     // The per-token record: first choice (real tokens) and experts used (0 for padding).
-    let first = stats.token_expert.clone().into_data().convert::<i64>();
-    let used = stats
-        .token_experts_used
-        .clone()
-        .into_data()
-        .convert::<i64>();
-    let (first, used) = (
-        first.to_vec::<i64>().unwrap(),
-        used.to_vec::<i64>().unwrap(),
-    );
+    let first = host_int(stats.token_expert.clone());
+    let used = host_int(stats.token_experts_used.clone());
     for (tok, &(want_first, want_used)) in per_token.iter().enumerate() {
         if real[tok] {
             assert_eq!(first[tok], want_first as i64, "token {tok}: first choice");
