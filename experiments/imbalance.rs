@@ -34,9 +34,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use clap::Parser;
-use common::cli::{CommonArgs, fail, load_multidomain};
-use common::plot::{self, Matrix, Series};
-use common::run::{Mixture, Objective, RunLog, base_spec, lm_config, train_run};
+use common::cli::{CommonArgs, fail, load_multidomain, select_arms};
+use common::plot::{self, Matrix, Series, color_of};
+use common::run::{Mixture, Objective, RunLog, base_spec, lm_config, mean_and_band, train_run};
 use common::stats::{nmi, paired};
 use switch_moe::backend::{SelectedAutodiff, default_device};
 
@@ -89,10 +89,6 @@ const EXPERTS: usize = 8;
 /// Share of the positions masked in the encoder arms (BERT's 15%).
 const MASK_RATE: f64 = 0.15;
 
-fn color_of(arm: &str) -> usize {
-    ARMS.iter().position(|a| *a == arm).unwrap_or(ARMS.len())
-}
-
 fn main() {
     let args = Args::parse();
     plot::init_font().unwrap_or_else(|e| fail(&e));
@@ -102,13 +98,7 @@ fn main() {
     let (d, f, layers, seq, batch, _) = args.common.scale.standard_size();
     let steps = args.common.steps.unwrap_or(500);
     let seeds = args.common.seeds_or(&[1, 2, 3]);
-    let arms: Vec<String> = args
-        .arms
-        .clone()
-        .unwrap_or_else(|| ARMS[..DEFAULT_ARMS].iter().map(|s| s.to_string()).collect());
-    if let Some(bad) = arms.iter().find(|a| !ARMS.contains(&a.as_str())) {
-        fail(&format!("--arms: unknown arm {bad}; one of {ARMS:?}"));
-    }
+    let arms = select_arms(args.arms.as_deref(), &ARMS, &ARMS[..DEFAULT_ARMS]);
     if args.replot {
         report(&out, "Redrawn from the CSVs (--replot).");
         return;
@@ -311,18 +301,8 @@ fn report(out: &Path, footer: &str) {
                     .filter(|s| finals.contains_key(&(arm.clone(), **s)))
                     .map(|s| read_curve(out, &format!("{}_seed{s}", file_name(arm)), column))
                     .collect();
-                let n = runs.iter().map(Vec::len).min().unwrap_or(0);
-                let at = |i: usize| runs.iter().map(move |r| r[i].1);
-                let mean: Vec<(f64, f64)> = (0..n)
-                    .map(|i| (runs[0][i].0, at(i).sum::<f64>() / runs.len() as f64))
-                    .collect();
-                let band = (0..n)
-                    .map(|i| {
-                        let lo = at(i).fold(f64::INFINITY, f64::min);
-                        (runs[0][i].0, lo, at(i).fold(f64::NEG_INFINITY, f64::max))
-                    })
-                    .collect();
-                Series::new(arm.clone(), mean, color_of(arm)).with_band(band)
+                let (mean, band) = mean_and_band(&runs);
+                Series::new(arm.clone(), mean, color_of(arm, &ARMS)).with_band(band)
             })
             .collect()
     };
@@ -442,14 +422,22 @@ fn report(out: &Path, footer: &str) {
     );
     println!("{summary}");
     std::fs::write(out.join("summary.md"), summary).unwrap_or_else(|e| fail(&e.to_string()));
-    println!("{}", batch_mode_table(out));
+    println!("{}", batch_mode_table(out, &finals));
+}
+
+/// `final.csv`: (arm, seed) → column → value.
+type Finals = BTreeMap<(String, u64), BTreeMap<String, f64>>;
+
+/// A report input file, or the program's one error line.
+fn read_text(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display())))
 }
 
 /// `final.csv` as (arm, seed) → column → value.
-fn read_final_csv(out: &Path) -> BTreeMap<(String, u64), BTreeMap<String, f64>> {
+fn read_final_csv(out: &Path) -> Finals {
     let path = out.join("final.csv");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display())));
+    let text = read_text(&path);
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
     let mut map = BTreeMap::new();
@@ -472,8 +460,7 @@ fn read_final_csv(out: &Path) -> BTreeMap<(String, u64), BTreeMap<String, f64>> 
 /// (step, value of `column`) from a run's CSV (`<name>.csv`).
 fn read_curve(out: &Path, name: &str, column: &str) -> Vec<(f64, f64)> {
     let path = out.join(format!("{name}.csv"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display())));
+    let text = read_text(&path);
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
     let Some(col) = header.iter().position(|h| *h == column) else {
@@ -490,8 +477,7 @@ fn read_curve(out: &Path, name: &str, column: &str) -> Vec<(f64, f64)> {
 /// `routing_by_domain.csv` as (arm, seed) → counts `[layer][domain][expert]`.
 fn read_routing_csv(out: &Path) -> BTreeMap<(String, u64), Vec<Vec<Vec<f64>>>> {
     let path = out.join("routing_by_domain.csv");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display())));
+    let text = read_text(&path);
     let mut map: BTreeMap<(String, u64), Vec<Vec<Vec<f64>>>> = BTreeMap::new();
     for line in text.lines().skip(1) {
         let c: Vec<&str> = line.split(',').collect();
@@ -578,23 +564,17 @@ fn draw_heatmaps(
 
 /// `batch_modes.md`: for every rule run with both batch modes, the paired (same seed) difference
 /// homogeneous − mixed of the minority's and the majority's test loss, from `final.csv`.
-fn batch_mode_table(out: &Path) -> String {
-    let path = out.join("final.csv");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display())));
+fn batch_mode_table(out: &Path, finals: &Finals) -> String {
     // (arm, seed) → (shakespeare, rust)
-    let mut rows: BTreeMap<(String, u64), (f64, f64)> = BTreeMap::new();
-    for line in text.lines().skip(1) {
-        let c: Vec<&str> = line.split(',').collect();
-        if let (Some(arm), Some(seed), Some(sh), Some(ru)) = (
-            c.first(),
-            c.get(1).and_then(|v| v.parse().ok()),
-            c.get(2).and_then(|v| v.parse().ok()),
-            c.get(3).and_then(|v| v.parse().ok()),
-        ) {
-            rows.insert((arm.to_string(), seed), (sh, ru));
-        }
-    }
+    let rows: BTreeMap<(String, u64), (f64, f64)> = finals
+        .iter()
+        .filter_map(|(key, v)| {
+            Some((
+                key.clone(),
+                (*v.get("test_shakespeare")?, *v.get("test_rust")?),
+            ))
+        })
+        .collect();
     let mut table = String::from(
         "| rule | homogeneous − mixed, shakespeare (95% CI) | homogeneous − mixed, rust (95% CI) | seeds |\n|---|---|---|---|\n",
     );

@@ -27,8 +27,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use clap::Parser;
-use common::cli::{CommonArgs, fail, load_multidomain};
-use common::plot::{self, Series};
+use common::cli::{CommonArgs, fail, load_multidomain, select_arms};
+use common::plot::{self, Series, color_of};
 use common::run::{RunLog, base_spec, lm_config, mean_curve, seed_band, train_run};
 use common::stats::paired;
 use switch_moe::backend::{SelectedAutodiff, default_device};
@@ -53,11 +53,6 @@ const ARMS: [&str; 7] = [
     "shared-E8",
 ];
 
-/// An arm's palette index: its place in [`ARMS`], the same in every figure.
-fn color_of(arm: &str) -> usize {
-    ARMS.iter().position(|a| *a == arm).unwrap_or(ARMS.len())
-}
-
 /// Test cross-entropy over all domains, token-weighted.
 fn test_all(log: &RunLog) -> f64 {
     let tokens: usize = log.final_eval.iter().map(|d| d.tokens).sum();
@@ -77,13 +72,7 @@ fn main() {
     let (d, f, layers, seq, batch, _) = args.common.scale.standard_size();
     let steps = args.common.steps.unwrap_or(1200);
     let seeds = args.common.seeds_or(&[1, 2, 3]);
-    let arms: Vec<String> = args
-        .arms
-        .clone()
-        .unwrap_or_else(|| ARMS.iter().map(|s| s.to_string()).collect());
-    if let Some(bad) = arms.iter().find(|a| !ARMS.contains(&a.as_str())) {
-        fail(&format!("--arms: unknown arm {bad}; one of {ARMS:?}"));
-    }
+    let arms = select_arms(args.arms.as_deref(), &ARMS, &ARMS);
 
     let mut logs: Vec<(String, u64, RunLog)> = Vec::new();
     for &seed in &seeds {
@@ -165,7 +154,7 @@ fn summarize(
             Series::new(
                 a.clone(),
                 mean_curve(&runs, false, |p| p.valid_ce),
-                color_of(a),
+                color_of(a, &ARMS),
             )
             .with_band(seed_band(&runs, false, |p| p.valid_ce))
         })

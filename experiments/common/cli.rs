@@ -172,6 +172,18 @@ pub fn load_char_corpus(args: &CommonArgs, max_chars: Option<usize>) -> Corpus {
     }
 }
 
+/// The arms a program runs: those `--arms` names (each checked against `known`), else
+/// `default`, in order.
+pub fn select_arms(requested: Option<&[String]>, known: &[&str], default: &[&str]) -> Vec<String> {
+    let Some(requested) = requested else {
+        return default.iter().map(|s| s.to_string()).collect();
+    };
+    if let Some(bad) = requested.iter().find(|a| !known.contains(&a.as_str())) {
+        fail(&format!("--arms: unknown arm {bad}; one of {known:?}"));
+    }
+    requested.to_vec()
+}
+
 /// Prints one `error:` paragraph and exits with status 1.
 pub fn fail(message: &str) -> ! {
     eprintln!("error: {message}");

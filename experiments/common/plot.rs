@@ -85,6 +85,12 @@ pub fn color(i: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
+/// An arm's palette index: its place in the program's list of arms, so it keeps its colour in
+/// every figure (an arm not in the list gets the next colour).
+pub fn color_of(arm: &str, arms: &[&str]) -> usize {
+    arms.iter().position(|a| *a == arm).unwrap_or(arms.len())
+}
+
 /// A line chart of several series, each in its own palette colour with its band shaded; the
 /// legend sits in a column right of the plot, never over the data. The y axis covers every
 /// point and band (`y_range`, when given, is widened to them: nothing is clipped).

@@ -354,7 +354,7 @@ fn objective_step<B: Backend>(
     for &start in starts {
         let mut rng = HostRng::new(salt ^ (start as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         for &t in &tokens[start..start + seq] {
-            let masked = ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < rate;
+            let masked = unit_draw(&mut rng) < rate;
             inputs.push(if masked { mask_id } else { t as i64 });
             targets.push(t as i64);
             scored.push(if masked { 1.0f32 } else { 0.0 });
@@ -384,6 +384,12 @@ fn objective_step<B: Backend>(
         moe,
         num_tokens: b * seq,
     }
+}
+
+/// Uniform in [0, 1) from the library's host generator: `u < p` has probability p (the
+/// generator's own `uniform` is (0, 1], for logarithms).
+fn unit_draw(rng: &mut HostRng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// A uniform index below `n` from the library's host generator.
@@ -487,14 +493,13 @@ fn draw_windows(spec: &RunSpec, corpus: &Corpus, rng: &mut HostRng) -> (Vec<usiz
             .collect();
         return (starts, vec![0; spec.batch_size]);
     };
-    let unit = |rng: &mut HostRng| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    let batch_domain = mixture.pick(unit(rng));
+    let batch_domain = mixture.pick(unit_draw(rng));
     let labels: Vec<usize> = (0..spec.batch_size)
         .map(|_| {
             if mixture.homogeneous {
                 batch_domain
             } else {
-                mixture.pick(unit(rng))
+                mixture.pick(unit_draw(rng))
             }
         })
         .collect();
@@ -813,6 +818,18 @@ pub fn lm_config(
     SwitchLmConfig::new(vocab_size, seq, encoder)
 }
 
+/// Each run's (step, or epoch when `by_epoch`; value) points.
+fn curves(runs: &[&RunLog], by_epoch: bool, value: impl Fn(&Point) -> f64) -> Vec<Curve> {
+    runs.iter()
+        .map(|r| {
+            r.points
+                .iter()
+                .map(|p| (if by_epoch { p.epoch } else { p.step as f64 }, value(p)))
+                .collect()
+        })
+        .collect()
+}
+
 /// The mean over runs (e.g. seeds) of a per-point quantity, against step (or epoch when
 /// `by_epoch`), cut to the shortest run.
 pub fn mean_curve(
@@ -820,15 +837,7 @@ pub fn mean_curve(
     by_epoch: bool,
     value: impl Fn(&Point) -> f64,
 ) -> Vec<(f64, f64)> {
-    let n = runs.iter().map(|r| r.points.len()).min().unwrap_or(0);
-    (0..n)
-        .map(|i| {
-            let p = &runs[0].points[i];
-            let x = if by_epoch { p.epoch } else { p.step as f64 };
-            let v = runs.iter().map(|r| value(&r.points[i])).sum::<f64>() / runs.len() as f64;
-            (x, v)
-        })
-        .collect()
+    mean_and_band(&curves(runs, by_epoch, value)).0
 }
 
 /// The lowest and highest value over runs (e.g. seeds) at each point: `(x, low, high)`, cut to
@@ -838,17 +847,28 @@ pub fn seed_band(
     by_epoch: bool,
     value: impl Fn(&Point) -> f64,
 ) -> Vec<(f64, f64, f64)> {
-    let n = runs.iter().map(|r| r.points.len()).min().unwrap_or(0);
+    mean_and_band(&curves(runs, by_epoch, value)).1
+}
+
+/// (x, y) points in x order.
+pub type Curve = Vec<(f64, f64)>;
+/// (x, low, high) points in x order.
+pub type Band = Vec<(f64, f64, f64)>;
+
+/// The mean of several curves point by point, and their `(x, low, high)` range; x from the
+/// first curve, all cut to the shortest.
+pub fn mean_and_band(curves: &[Curve]) -> (Curve, Band) {
+    let n = curves.iter().map(Vec::len).min().unwrap_or(0);
+    let at = |i: usize| curves.iter().map(move |c| c[i].1);
     (0..n)
         .map(|i| {
-            let p = &runs[0].points[i];
-            let x = if by_epoch { p.epoch } else { p.step as f64 };
-            let values = runs.iter().map(|r| value(&r.points[i]));
-            let lo = values.clone().fold(f64::INFINITY, f64::min);
-            let hi = values.fold(f64::NEG_INFINITY, f64::max);
-            (x, lo, hi)
+            let x = curves[0][i].0;
+            let mean = at(i).sum::<f64>() / curves.len() as f64;
+            let lo = at(i).fold(f64::INFINITY, f64::min);
+            let hi = at(i).fold(f64::NEG_INFINITY, f64::max);
+            ((x, mean), (x, lo, hi))
         })
-        .collect()
+        .unzip()
 }
 
 /// A spec with the settings all experiments share; each program changes what it studies.
