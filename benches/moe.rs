@@ -8,6 +8,8 @@
 //! cargo bench --bench moe -- --peer "$(benches/peers/setup.sh | tail -n 1)"   # + PyTorch peer
 //! cargo bench --bench moe -- --train      # end-to-end training tokens/s of the default LM
 //! cargo bench --bench moe -- --profile 32 # only the MoE's forward+backward, for perf
+//! cargo bench --bench moe -- --profile 32 --burn-backward  # the same with Burn's matmul backward
+//! cargo bench --bench moe -- --cases 2048:8,8192:128       # chosen top-1 cases (T:E)
 //! cargo bench --bench moe -- --options    # each routing option's f+b cost against the default
 //! ```
 //!
@@ -220,6 +222,16 @@ fn run_case(case: &Case, warmup: usize, reps: usize, peer: Option<(&str, usize)>
         let _g = loss.backward();
         Ad::sync(&device).unwrap();
     });
+    // The same layer with Burn's own matmul backward (∂x = ∂y·Wᵀ), for the A/B of the experts'
+    // weight-transpose-free backward (src/expert_matmul.rs) in the same run.
+    switch_moe::expert_matmul::set_transpose_free_backward(false);
+    let plain_fb = time(warmup, reps, || {
+        let (y, stats) = moe.forward(x.clone().require_grad(), None);
+        let loss = y.sum() + stats.aux_loss.mul_scalar(0.01);
+        let _g = loss.backward();
+        Ad::sync(&device).unwrap();
+    });
+    switch_moe::expert_matmul::set_transpose_free_backward(true);
     let moe_dropless = SwitchFeedForward {
         dropless: true,
         ..moe.clone()
@@ -247,9 +259,10 @@ fn run_case(case: &Case, warmup: usize, reps: usize, peer: Option<(&str, usize)>
     let expert_flops = 3.0 * 2.0 * 2.0 * (e * capacity) as f64 * d as f64 * f as f64;
     let tflops = expert_flops / (moe_fb * 1e-3) / 1e12;
     let mut row = format!(
-        "| {t:>5} | {d}/{f} | {e:>3} | {k} | {dense_fwd:>7.1} | {moe_fwd:>7.1} | {:>5.2} | {dense_fb:>7.1} | {moe_fb:>7.1} | {:>5.2} | {:>5.2} | {} | {} | {tflops:>6.3} |",
+        "| {t:>5} | {d}/{f} | {e:>3} | {k} | {dense_fwd:>7.1} | {moe_fwd:>7.1} | {:>5.2} | {dense_fb:>7.1} | {moe_fb:>7.1} | {:>5.2} | {plain_fb:>7.1} | {:>5.2} | {:>5.2} | {} | {} | {tflops:>6.3} |",
         moe_fwd / dense_fwd,
         moe_fb / dense_fb,
+        plain_fb / dense_fb,
         dropless_fb / dense_fb,
         naive_fb.map_or("—".into(), |n| format!("{n:>7.1}")),
         naive_fb.map_or("—".into(), |n| format!("{:>5.2}", n / moe_fb)),
@@ -348,44 +361,70 @@ fn profile_moe(experts: usize, iters: usize) {
 
 /// End-to-end training throughput of the default LM config (examples/train.rs, cpu preset):
 /// d 128, d_ff 512, 4 layers (2 sparse, E = 8, top-1, cf 1.25), vocab 1024, 32 × 128 tokens per
-/// step; forward, backward and an AdamW step on random tokens.
+/// step; forward, backward and an AdamW step on random tokens. Runs twice from the same seed,
+/// with Burn's own matmul backward for the experts and with the weight-transpose-free one
+/// (src/expert_matmul.rs), and prints both speeds and how far their losses ever differ.
 fn train_throughput(steps: usize) {
     let device = switch_moe::backend::default_device();
     let (vocab, seq, batch) = (1024, 128, 32);
-    let encoder = SwitchEncoderConfig::new(128, 512, 4, 4, 8).with_norm_first(true);
-    let mut model: SwitchLm<Ad> = SwitchLmConfig::new(vocab, seq, encoder).init(&device);
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(0.01)
-        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
-        .init::<Ad, SwitchLm<Ad>>();
-    let tokens = || {
-        Tensor::<Ad, 2, Int>::random(
-            [batch, seq],
-            Distribution::Uniform(0.0, vocab as f64),
-            &device,
-        )
-    };
-    let mut step_ms = Vec::new();
-    for i in 0..steps + 2 {
-        let batch = LmBatch {
-            inputs: tokens(),
-            targets: tokens(),
+    let mut losses: Vec<Vec<f32>> = Vec::new();
+    for transpose_free in [false, true] {
+        switch_moe::expert_matmul::set_transpose_free_backward(transpose_free);
+        Ad::seed(&device, 7);
+        let encoder = SwitchEncoderConfig::new(128, 512, 4, 4, 8).with_norm_first(true);
+        let mut model: SwitchLm<Ad> = SwitchLmConfig::new(vocab, seq, encoder).init(&device);
+        let mut optim = AdamWConfig::new()
+            .with_weight_decay(0.01)
+            .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+            .init::<Ad, SwitchLm<Ad>>();
+        let tokens = || {
+            Tensor::<Ad, 2, Int>::random(
+                [batch, seq],
+                Distribution::Uniform(0.0, vocab as f64),
+                &device,
+            )
         };
-        Ad::sync(&device).unwrap();
-        let start = Instant::now();
-        let out = model.forward_step(batch);
-        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
-        model = optim.step(1e-3, model, grads);
-        Ad::sync(&device).unwrap();
-        if i >= 2 {
-            step_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        let mut step_ms = Vec::new();
+        let mut run_losses = Vec::new();
+        for i in 0..steps + 2 {
+            let batch = LmBatch {
+                inputs: tokens(),
+                targets: tokens(),
+            };
+            Ad::sync(&device).unwrap();
+            let start = Instant::now();
+            let out = model.forward_step(batch);
+            let loss = out.loss.clone();
+            let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+            model = optim.step(1e-3, model, grads);
+            Ad::sync(&device).unwrap();
+            if i >= 2 {
+                step_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            run_losses.push(loss.into_data().convert::<f32>().to_vec::<f32>().unwrap()[0]);
         }
+        let ms = median(step_ms);
+        println!(
+            "training, default LM (cpu preset, {:.2} M params), experts' backward {}: median step {ms:.0} ms over {steps} steps = {:.0} tokens/s; last loss {:.6}",
+            model.num_params() as f64 / 1e6,
+            if transpose_free {
+                "transpose-free"
+            } else {
+                "Burn's matmul"
+            },
+            (batch * seq) as f64 / (ms / 1e3),
+            run_losses.last().copied().unwrap_or(f32::NAN)
+        );
+        losses.push(run_losses);
     }
-    let ms = median(step_ms);
+    let max_diff = losses[0]
+        .iter()
+        .zip(&losses[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     println!(
-        "training, default LM (cpu preset, {:.2} M params): median step {ms:.0} ms over {steps} steps = {:.0} tokens/s",
-        model.num_params() as f64 / 1e6,
-        (batch * seq) as f64 / (ms / 1e3)
+        "max |Δ loss| between the two runs over {} steps: {max_diff:.2e}",
+        losses[0].len()
     );
 }
 
@@ -412,6 +451,11 @@ fn main() {
         if quick { "quick" } else { "full" },
         if tuned_malloc { "tuned" } else { "system" }
     );
+    // `--burn-backward`: the experts' matmuls with Burn's own backward (∂x = ∂y·Wᵀ) for the whole
+    // run, e.g. to profile the weight-transpose copies that the default backward avoids.
+    if args.iter().any(|a| a == "--burn-backward") {
+        switch_moe::expert_matmul::set_transpose_free_backward(false);
+    }
     if let Some(i) = args.iter().position(|a| a == "--profile") {
         let e = args
             .get(i + 1)
@@ -429,14 +473,40 @@ fn main() {
         return;
     }
     let mut header = String::from(
-        "| T | d/f | E | k | dense fwd | MoE fwd | MoE/dense | dense f+b | MoE f+b | MoE/dense | dropless/dense | naive f+b | naive/MoE | expert TFLOP/s |",
+        "| T | d/f | E | k | dense fwd | MoE fwd | MoE/dense | dense f+b | MoE f+b | MoE/dense | Burn-backward MoE f+b | its /dense | dropless/dense | naive f+b | naive/MoE | expert TFLOP/s |",
     );
-    let mut rule = String::from("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut rule =
+        String::from("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     if peer.is_some() {
         header.push_str(" torch dense f+b | torch HF f+b | HF/dense | dense: ours/torch | MoE: ours/HF | MoE: ours/grouped |");
         rule.push_str("---|---|---|---|---|---|");
     }
     println!("{header}\n{rule}");
+    // `--cases T:E,T:E,…`: those top-1 cases only (e.g. the targets of BENCHMARKS.md).
+    if let Some(i) = args.iter().position(|a| a == "--cases") {
+        let list = args.get(i + 1).expect("--cases T:E,T:E,…");
+        let (d, f) = (256, 1024);
+        for item in list.split(',') {
+            let (t, e) = item
+                .split_once(':')
+                .and_then(|(t, e)| Some((t.parse().ok()?, e.parse().ok()?)))
+                .unwrap_or_else(|| panic!("--cases: {item} is not T:E"));
+            let case = Case {
+                tokens: t,
+                d_model: d,
+                d_ff: f,
+                experts: e,
+                top_k: 1,
+            };
+            run_case(
+                &case,
+                1,
+                if t > 4096 { 3 } else { 5 },
+                peer.as_deref().map(|p| (p, threads)),
+            );
+        }
+        return;
+    }
     let (tokens, experts, ks, reps): (&[usize], &[usize], &[usize], usize) = if quick {
         (&[2048], &[8, 32], &[1], 3)
     } else {

@@ -12,6 +12,8 @@ use burn::nn::activation::ActivationConfig;
 use burn::tensor::activation::{gelu, relu, silu};
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::expert_matmul::expert_matmul;
+
 /// The activation of the experts' hidden layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpertActivation {
@@ -78,7 +80,8 @@ impl<B: Backend> Experts<B> {
     }
 
     /// Runs expert e on row block e of the input: act(x·W₁ + b₁)·W₂ + b₂, two batched matmuls
-    /// (gated: (act(x·W₁) ⊙ x·W₃)·W₂, three).
+    /// (gated: (act(x·W₁) ⊙ x·W₃)·W₂, three), each through [`expert_matmul`], whose backward
+    /// transposes no weight.
     ///
     /// A zero input row gives act(b₁)·W₂ + b₂ (zero without biases); callers that must ignore
     /// empty slots do not read them back.
@@ -93,16 +96,16 @@ impl<B: Backend> Experts<B> {
             e == e_w && d == d_w,
             "Experts: input [E={e}, C, d={d}] does not match weights [E={e_w}, d={d_w}, f]"
         );
-        let mut h = x.clone().matmul(self.w_in.val()); // [E, C, f]
+        let mut h = expert_matmul(x.clone(), self.w_in.val()); // [E, C, f]
         if let Some(b) = &self.b_in {
             h = h + b.val().unsqueeze_dim::<3>(1); // + [E, 1, f]
         }
         let mut h = self.activation.forward(h); // [E, C, f]
         if let Some(w_up) = &self.w_up {
-            h = h * x.matmul(w_up.val()); // [E, C, f] ⊙ [E, C, f]
+            h = h * expert_matmul(x, w_up.val()); // [E, C, f] ⊙ [E, C, f]
         }
         let h = self.dropout.forward(h); // [E, C, f]
-        let mut y = h.matmul(self.w_out.val()); // [E, C, d]
+        let mut y = expert_matmul(h, self.w_out.val()); // [E, C, d]
         if let Some(b) = &self.b_out {
             y = y + b.val().unsqueeze_dim::<3>(1); // + [E, 1, d]
         }

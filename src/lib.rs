@@ -44,6 +44,7 @@ pub mod dispatch;
 pub mod encoder;
 pub mod error;
 pub mod expert_choice;
+pub mod expert_matmul;
 pub mod experts;
 #[cfg(feature = "train")]
 pub mod generate;

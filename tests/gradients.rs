@@ -116,3 +116,166 @@ fn router_gradient_matches_finite_differences() {
     // The objective depends on the router weights through the gates only.
     assert!(analytic.iter().any(|v| v.abs() > 1e-4));
 }
+
+/// The experts' matmuls run through `switch_moe::expert_matmul`, whose backward on ndarray
+/// computes ∂x = (W·∂yᵀ)ᵀ instead of Burn's ∂y·Wᵀ. The layer's gradients must equal Burn's own
+/// matmul backward, computed here expert by expert with 2-D matmuls of slices, for every
+/// activation, with biases and with the gated third weight (on the other backends the layer
+/// runs Burn's matmul, and this checks that path).
+#[test]
+fn expert_gradients_match_a_per_expert_reference() {
+    use burn::tensor::Tensor;
+    use switch_moe::expert_matmul::has_transpose_free_backward;
+    use switch_moe::experts::Experts;
+
+    let device = device();
+    assert_eq!(
+        has_transpose_free_backward::<AB>(),
+        switch_moe::backend::NAME == "ndarray",
+        "ndarray takes the custom backward (else this test compares Burn with itself there)"
+    );
+    // C < d < f: both matmuls take the custom backward on ndarray (it needs C < the input width).
+    let (e, c, d, f) = (3, 3, 4, 6);
+    let mut rng = Rng::new(11);
+    for (name, config) in [
+        ("relu", no_drop_config(d, f, e)),
+        (
+            "gelu",
+            no_drop_config(d, f, e).with_activation(burn::nn::activation::ActivationConfig::Gelu),
+        ),
+        ("swiglu", no_drop_config(d, f, e).with_swiglu()),
+    ] {
+        // Gated configs refuse biases; the module runs them all the same, so every variant gets
+        // non-zero biases here, and their gradients and their effect on the others are tested.
+        let mut experts: Experts<AB> = config.init_experts(&device);
+        experts.b_in = Some(Param::from_tensor(tensor(
+            rng.normals(e * f, 0.5),
+            [e, f],
+            &device,
+        )));
+        experts.b_out = Some(Param::from_tensor(tensor(
+            rng.normals(e * d, 0.5),
+            [e, d],
+            &device,
+        )));
+        let x_host = rng.normals(e * c * d, 1.0);
+        let r = tensor::<AB, 3>(rng.normals(e * c * d, 1.0), [e, c, d], &device);
+
+        let x = tensor::<AB, 3>(x_host.clone(), [e, c, d], &device).require_grad();
+        let grads = (experts.forward(x.clone()) * r.clone()).sum().backward();
+
+        // The reference: leaf copies of every operand, one expert at a time.
+        let leaf3 =
+            |t: Tensor<AB, 3>| Tensor::<AB, 3>::from_data(t.to_data(), &device).require_grad();
+        let leaf2 =
+            |t: Tensor<AB, 2>| Tensor::<AB, 2>::from_data(t.to_data(), &device).require_grad();
+        let x_ref = tensor::<AB, 3>(x_host, [e, c, d], &device).require_grad();
+        let w_in = leaf3(experts.w_in.val());
+        let w_out = leaf3(experts.w_out.val());
+        let w_up = experts.w_up.as_ref().map(|w| leaf3(w.val()));
+        let b_in = leaf2(experts.b_in.as_ref().unwrap().val());
+        let b_out = leaf2(experts.b_out.as_ref().unwrap().val());
+        let mut outputs = Vec::new();
+        for i in 0..e {
+            let xi = x_ref.clone().slice([i..i + 1, 0..c, 0..d]).reshape([c, d]);
+            let slice = |w: &Tensor<AB, 3>, a: usize, b: usize| {
+                w.clone().slice([i..i + 1, 0..a, 0..b]).reshape([a, b])
+            };
+            let row = |b: &Tensor<AB, 2>, n: usize| b.clone().slice([i..i + 1, 0..n]);
+            let mut h = xi.clone().matmul(slice(&w_in, d, f)) + row(&b_in, f);
+            h = experts.activation.forward(h);
+            if let Some(w_up) = &w_up {
+                h = h * xi.matmul(slice(w_up, d, f));
+            }
+            outputs.push((h.matmul(slice(&w_out, f, d)) + row(&b_out, d)).reshape([1, c, d]));
+        }
+        let y_ref = Tensor::cat(outputs, 0);
+        let grads_ref = (y_ref * r).sum().backward();
+
+        let pairs = [
+            (
+                "x",
+                host(x.grad(&grads).unwrap()),
+                host(x_ref.grad(&grads_ref).unwrap()),
+            ),
+            (
+                "w_in",
+                host(experts.w_in.grad(&grads).unwrap()),
+                host(w_in.grad(&grads_ref).unwrap()),
+            ),
+            (
+                "w_out",
+                host(experts.w_out.grad(&grads).unwrap()),
+                host(w_out.grad(&grads_ref).unwrap()),
+            ),
+            (
+                "b_in",
+                host(experts.b_in.as_ref().unwrap().grad(&grads).unwrap()),
+                host(b_in.grad(&grads_ref).unwrap()),
+            ),
+            (
+                "b_out",
+                host(experts.b_out.as_ref().unwrap().grad(&grads).unwrap()),
+                host(b_out.grad(&grads_ref).unwrap()),
+            ),
+        ];
+        let mut checked = Vec::from(pairs);
+        if let (Some(w), Some(w_ref)) = (&experts.w_up, &w_up) {
+            checked.push((
+                "w_up",
+                host(w.grad(&grads).unwrap()),
+                host(w_ref.grad(&grads_ref).unwrap()),
+            ));
+        }
+        for (what, got, want) in checked {
+            assert!(
+                want.iter().any(|v| v.abs() > 1e-3),
+                "{name} {what}: the reference gradient is zero"
+            );
+            let diff = max_abs_diff(&got, &want);
+            assert!(
+                diff <= 1e-5,
+                "{name}: ∂{what} differs from the per-expert reference by {diff}"
+            );
+        }
+    }
+}
+
+/// The custom operation itself, on every backend (the layer uses it on ndarray only): its output
+/// and both gradients equal Burn's matmul's on leaf copies of the same operands.
+#[test]
+fn transpose_free_matmul_matches_burns_matmul() {
+    use burn::tensor::Tensor;
+    use switch_moe::expert_matmul::transpose_free_matmul;
+
+    let device = device();
+    let (e, c, a, b) = (3, 5, 4, 6);
+    let mut rng = Rng::new(12);
+    let (x_host, w_host) = (rng.normals(e * c * a, 1.0), rng.normals(e * a * b, 1.0));
+    let r = tensor::<AB, 3>(rng.normals(e * c * b, 1.0), [e, c, b], &device);
+    let x = tensor::<AB, 3>(x_host.clone(), [e, c, a], &device).require_grad();
+    let w = tensor::<AB, 3>(w_host.clone(), [e, a, b], &device).require_grad();
+    let y = transpose_free_matmul(x.clone(), w.clone());
+    let grads = (y.clone() * r.clone()).sum().backward();
+
+    let x_ref = tensor::<AB, 3>(x_host, [e, c, a], &device).require_grad();
+    let w_ref = tensor::<AB, 3>(w_host, [e, a, b], &device).require_grad();
+    let y_ref: Tensor<AB, 3> = x_ref.clone().matmul(w_ref.clone());
+    let grads_ref = (y_ref.clone() * r).sum().backward();
+    for (what, got, want) in [
+        ("y", host(y), host(y_ref)),
+        (
+            "∂x",
+            host(x.grad(&grads).unwrap()),
+            host(x_ref.grad(&grads_ref).unwrap()),
+        ),
+        (
+            "∂W",
+            host(w.grad(&grads).unwrap()),
+            host(w_ref.grad(&grads_ref).unwrap()),
+        ),
+    ] {
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff <= 1e-5, "{what} differs from Burn's matmul by {diff}");
+    }
+}
