@@ -94,6 +94,11 @@ pub struct SwitchFeedForwardConfig {
     /// order) or `Probability` (batch-prioritised: lowest router probability first).
     #[config(default = "DropPolicy::Position")]
     pub drop_policy: DropPolicy,
+    /// Router logits and softmax in float32 whatever the model's float type (default true: the
+    /// paper's selective precision, §2.4). `false` computes them in the model's type, the
+    /// paper's Table 2 ablation; only differs on f16/bf16 backends.
+    #[config(default = true)]
+    pub router_f32: bool,
 }
 
 /// Who chooses: tokens their experts, or experts their tokens.
@@ -296,6 +301,7 @@ impl SwitchFeedForwardConfig {
                 RunningState::new(Tensor::zeros([self.num_experts], (device, DType::F32)))
             }),
             expert_bias_rate: self.expert_bias_rate,
+            float32: self.router_f32,
         }
     }
 
@@ -361,6 +367,7 @@ impl<B: Backend> ModuleDisplay for SwitchFeedForward<B> {
             .add("score", &format!("{:?}", self.router.score))
             .add("drop_policy", &format!("{:?}", self.drop_policy))
             .add("expert_bias_rate", &self.router.expert_bias_rate)
+            .add("router_f32", &self.router.float32)
             .add(
                 "shared_experts",
                 &self.shared.as_ref().map_or(0, |s| s.experts.num_experts()),

@@ -51,6 +51,10 @@ pub struct Router<B: Backend> {
     pub expert_bias: Option<RunningState<Tensor<B, 1>>>,
     /// The bias update rate u (0: no bias).
     pub expert_bias_rate: f64,
+    /// Compute logits and scores in f32 (the paper's selective precision; default). `false`
+    /// computes them in the model's float type and only then casts them to f32: the paper's
+    /// "bfloat16 router" ablation (Table 2), for experiments.
+    pub float32: bool,
 }
 
 /// The router's decision for a flat batch of T tokens.
@@ -90,14 +94,18 @@ impl<B: Backend> Router<B> {
         let [d_w, _] = self.gate.weight.shape().dims::<2>();
         assert_eq!(d, d_w, "Router: input width {d} != router d_model {d_w}");
 
-        let mut x = x.cast(FloatDType::F32); // [T, d] f32
+        let mut weight = self.gate.weight.val(); // [d, E]
+        let mut x = x;
+        if self.float32 {
+            x = x.cast(FloatDType::F32); // [T, d] f32
+            weight = weight.cast(FloatDType::F32); // [d, E] f32
+        }
         if self.jitter > 0.0 && B::ad_enabled(&device) {
             let eps = self.jitter;
             x = x.clone() * x.random_like(Distribution::Uniform(1.0 - eps, 1.0 + eps));
         }
-        let weight = self.gate.weight.val().cast(FloatDType::F32); // [d, E] f32
         let logits = x.matmul(weight); // [T, E]
-        match self.score {
+        let (logits, scores, probs) = match self.score {
             RouterScore::Softmax => {
                 let probs = softmax(logits.clone(), 1); // [T, E]
                 (logits, probs.clone(), probs)
@@ -107,7 +115,13 @@ impl<B: Backend> Router<B> {
                 let probs = scores.clone() / scores.clone().sum_dim(1); // [T, E], rows sum to 1
                 (logits, scores, probs)
             }
-        }
+        };
+        // Everything after the router reads f32 (a no-op when computed in f32).
+        (
+            logits.cast(FloatDType::F32),
+            scores.cast(FloatDType::F32),
+            probs.cast(FloatDType::F32),
+        )
     }
 
     /// Routes a flat batch of tokens to their top-k experts (token choice).

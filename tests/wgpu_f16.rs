@@ -131,3 +131,53 @@ fn wgpu_f16_routes_in_f32_and_outputs_f16() {
         assert!(g.iter().any(|v| *v != 0.0), "all-zero f16 gradient");
     }
 }
+
+/// `router_f32 = false` (the paper's Table 2 ablation): the logits are the f16 product x·Wᵣ,
+/// exactly, handed on as f32; with the default they are the f32 product of the same f16 values.
+/// Both are checked against products computed here, so a flag that did nothing fails.
+#[test]
+fn router_f32_false_computes_the_logits_in_f16() {
+    use burn::tensor::Tensor;
+    let device = Default::default();
+    if set_default_dtypes::<Half>(&device, FloatDType::F16, IntDType::I32).is_err() {
+        assert_eq!(
+            get_device_settings::<Half>(&device).float_dtype,
+            FloatDType::F16,
+            "the wgpu device was initialised with another float dtype before this test"
+        );
+    }
+    let config = SwitchFeedForwardConfig::new(D, 16, 4)
+        .with_jitter(0.0)
+        .with_init_scale(1.0);
+    let mut rng = Rng::new(52);
+    let x = tensor::<Half, 2>(rng.normals(BATCH * SEQ * D, 3.0), [BATCH * SEQ, D], &device);
+    let router_f32 = config.init_router::<Half>(&device);
+    let mut router_f16 = router_f32.clone();
+    router_f16.float32 = false;
+    let w: Tensor<Half, 2> = router_f32.gate.weight.val();
+    assert_eq!(w.dtype(), DType::F16);
+
+    let in_f16 = host(x.clone().matmul(w.clone()).cast(FloatDType::F32));
+    let in_f32 = host(
+        x.clone()
+            .cast(FloatDType::F32)
+            .matmul(w.cast(FloatDType::F32)),
+    );
+    let got_f16 = router_f16.forward(x.clone()).logits;
+    let got_f32 = router_f32.forward(x).logits;
+    assert_eq!(got_f16.dtype(), DType::F32, "handed on as f32");
+    assert_eq!(
+        host(got_f16),
+        in_f16,
+        "router_f32 = false: logits from the f16 product"
+    );
+    assert_eq!(
+        host(got_f32),
+        in_f32,
+        "default: logits from the f32 product"
+    );
+    assert_ne!(
+        in_f16, in_f32,
+        "the two products must differ for this test to mean anything"
+    );
+}
