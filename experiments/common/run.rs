@@ -70,6 +70,9 @@ pub struct RunSpec {
     /// √(s / fan_in), as the Switch paper's Table 3 does; `None`: the library's initialisation
     /// (router and experts at the config's scale, other layers Burn's defaults).
     pub init_all: Option<f64>,
+    /// `Some(s)`: after step s every router stops learning (its parameters leave the graph);
+    /// the experts and the rest of the model go on.
+    pub freeze_router_at: Option<usize>,
 }
 
 /// Re-draws every weight matrix from the paper's truncated normal (see [`RunSpec::init_all`]).
@@ -321,7 +324,7 @@ impl RunLog {
 }
 
 /// A batch of the windows of `seq + 1` tokens starting at `starts`, through the library's batcher.
-fn batch<B: Backend>(
+pub fn batch<B: Backend>(
     tokens: &[u32],
     starts: &[usize],
     seq: usize,
@@ -455,7 +458,7 @@ fn evaluate<B: Backend>(
 
 /// Cross-entropy over every token of `tokens` that has a full window: non-overlapping windows
 /// of the model's length, each token predicted once; the token-weighted mean.
-fn evaluate_all<B: Backend>(
+pub fn evaluate_all<B: Backend>(
     model: &SwitchLm<B>,
     tokens: &[u32],
     spec: &RunSpec,
@@ -557,6 +560,17 @@ pub fn train_run<B: AutodiffBackend>(
     corpus: &Corpus,
     device: &B::Device,
 ) -> RunLog {
+    train_run_with::<B>(spec, corpus, device, &mut |_, _| {})
+}
+
+/// [`train_run`], calling `on_eval(step, model)` at every validation point (after the
+/// validation loss) with the model in evaluation mode, for measurements a program adds.
+pub fn train_run_with<B: AutodiffBackend>(
+    spec: &RunSpec,
+    corpus: &Corpus,
+    device: &B::Device,
+    on_eval: &mut dyn FnMut(usize, &SwitchLm<B::InnerBackend>),
+) -> RunLog {
     B::seed(device, spec.seed);
     let mut model: SwitchLm<B> = spec.model.init(device);
     if let Some(scale) = spec.init_all {
@@ -605,6 +619,14 @@ pub fn train_run<B: AutodiffBackend>(
     let started = Instant::now();
 
     for step in 1..=spec.steps {
+        if spec.freeze_router_at == Some(step - 1) {
+            for layer in model.encoder.layers.iter_mut() {
+                if let EncoderBlock::Sparse(l) = layer {
+                    l.moe.router = l.moe.router.clone().no_grad();
+                }
+            }
+            eprintln!("[{}] step {step}: routers frozen", spec.name);
+        }
         let t0 = Instant::now();
         let (starts, labels) = draw_windows(spec, corpus, &mut rng);
         let salt = rng.next_u64();
@@ -684,7 +706,9 @@ pub fn train_run<B: AutodiffBackend>(
             route_n = 0;
         }
         if step % spec.eval_every == 0 || step == spec.steps {
-            let valid_ce = evaluate(&model.valid(), corpus, spec, device);
+            let valid_model = model.valid();
+            let valid_ce = evaluate(&valid_model, corpus, spec, device);
+            on_eval(step, &valid_model);
             let point = acc.point(
                 step,
                 (step * tokens_per_step) as f64 / corpus.train.len() as f64,
@@ -893,6 +917,7 @@ pub fn base_spec(
         objective: Objective::Causal,
         expert_choice: false,
         init_all: None,
+        freeze_router_at: None,
         expert_lr_ratio: 1.0,
         warmup_steps: (steps / 20).max(1),
         weight_decay: 0.01,
