@@ -44,7 +44,7 @@ fn main() {
     // The model and budget of experiment 1 (E = 8), so the two tables can be read together.
     let (d, f, layers, seq, batch, steps) = args.common.scale.standard_size();
     let steps = args.common.steps.unwrap_or(steps);
-    let seeds = args.common.seeds_or(&[1]);
+    let seeds = args.common.seeds_or(&[1, 2, 3]);
     if args.experts == 0 {
         fail("--experts must be at least 1");
     }
@@ -107,14 +107,31 @@ fn main() {
     .unwrap_or_else(|e| fail(&e));
 
     let mut table = String::from(
-        "| training capacity | final valid loss | ± seeds | dropped (mean over run) | dropped (last 10%) | max load | tokens/s |\n|---|---|---|---|---|---|---|\n",
+        "| training capacity | final valid loss | − cf 1.25, paired (95%) | dropped (mean over run) | dropped (last 10%) | max load | tokens/s |\n|---|---|---|---|---|---|---|\n",
     );
+    let reference = runs_of(Some(1.25));
     for cf in FACTORS {
         let runs = runs_of(cf);
         let finals: Vec<f64> = runs.iter().map(|r| r.final_valid()).collect();
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        let spread = finals.iter().fold(f64::MIN, |a, b| a.max(*b))
-            - finals.iter().fold(f64::MAX, |a, b| a.min(*b));
+        // Per seed: this factor's final loss minus cf 1.25's on the same seed.
+        let diffs: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| {
+                reference
+                    .iter()
+                    .find(|b| b.spec.seed == r.spec.seed)
+                    .map(|b| r.final_valid() - b.final_valid())
+            })
+            .collect();
+        let (d_mean, d_half) = common::stats::paired(&diffs);
+        let paired = if cf == Some(1.25) {
+            "—".to_string()
+        } else if d_half.is_finite() {
+            format!("{d_mean:+.4} ± {d_half:.4}")
+        } else {
+            format!("{d_mean:+.4} (one seed)")
+        };
         let dropped_all: Vec<f64> = runs
             .iter()
             .map(|r| mean(&r.points.iter().map(|p| p.dropped).collect::<Vec<_>>()))
@@ -137,10 +154,9 @@ fn main() {
             .collect();
         let tps: Vec<f64> = runs.iter().map(|r| r.tokens_per_s).collect();
         table.push_str(&format!(
-            "| {} | {:.4} | {:.4} | {:.3} | {:.3} | {:.2} | {:.0} |\n",
+            "| {} | {:.4} | {paired} | {:.3} | {:.3} | {:.2} | {:.0} |\n",
             label(cf),
             mean(&finals),
-            spread,
             mean(&dropped_all),
             mean(&dropped_last),
             mean(&load),
@@ -150,7 +166,8 @@ fn main() {
     let wall: f64 = logs.iter().map(|(_, l)| l.wall_s).sum();
     let summary = format!(
         "{table}\nE = {}, seeds {seeds:?}, {steps} steps; validation at eval capacity factor 2.0 \
-         (dropless run: dropless). Max load = E · largest expert fraction at the last point \
+         (dropless run: dropless); the paired column is the mean over seeds of (this factor − \
+         cf 1.25) with a 95% t interval. Max load = E · largest expert fraction at the last point \
          (1.0 = balanced). Backend {}, total wall {:.1} min.\n",
         args.experts,
         switch_moe::backend::NAME,
