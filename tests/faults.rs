@@ -265,10 +265,17 @@ fn kill_9_at_varied_moments_then_resume_completes() {
         "only {kills} kills landed before the run finished"
     );
 
-    // The same command with --resume always makes progress and, left alone, completes.
+    // The same command with --resume always makes progress and, left alone, completes. A last
+    // kill can land after the final epoch's checkpoint, when the run is complete but not yet
+    // exited (seen on a loaded machine); resuming then refuses with a clear message, and the
+    // checks below still apply to the finished run.
     let out = train(&run, &data, &args).arg("--resume").output().unwrap();
     let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let complete_before = stderr.contains("already finished its");
+    assert!(
+        out.status.success() || complete_before,
+        "{stdout}\n{stderr}"
+    );
 
     // Every file of the artifact directory parses, and the model loads for generation.
     TrainingConfig::load(run.join("config.json")).expect("config.json");
