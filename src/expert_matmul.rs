@@ -16,7 +16,7 @@
 //! every backend. The layer uses it where it pays: [`expert_matmul`] selects it at run time by
 //! the backend's type for `Autodiff<NdArray>` (with this crate's `ndarray` feature). LibTorch's
 //! `bmm` multiplies transposed operands without copying them, and there the transposed ∂x made
-//! the cpu-preset training step 8–13% slower (two A/B runs, BENCHMARKS.md); GPU matmul kernels
+//! the cpu-preset training step 5–13% slower (three A/B runs, BENCHMARKS.md); GPU matmul kernels
 //! (wgpu, CUDA) read transposed operands natively as well. Every other backend runs
 //! `Tensor::matmul`.
 
@@ -68,38 +68,30 @@ pub fn expert_matmul<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 3>) -> Tensor<B, 
     // The transposes each backward copies: Burn's Wᵀ, E·a·b floats; ours ∂yᵀ, E·C·b. Ours pays
     // while the experts hold fewer slots than the operand's width (C < a).
     let [_, slots, width] = x.dims();
-    if !ENABLED.load(Ordering::Relaxed) || slots >= width {
+    if slots >= width || !has_transpose_free_backward::<B>() {
         return x.matmul(w);
     }
     #[cfg(feature = "ndarray")]
-    let (x, w) = match via_ndarray(x, w) {
-        Ok(y) => return y,
-        Err(operands) => operands,
-    };
-    x.matmul(w)
+    return via_ndarray(x, w);
+    #[cfg(not(feature = "ndarray"))]
+    unreachable!("only Autodiff<NdArray> has the transpose-free backward")
 }
 
-/// Runs [`transpose_free_matmul`] when `B` is `Autodiff<NdArray>`, else gives the operands back.
+/// [`transpose_free_matmul`] on `B`, which [`has_transpose_free_backward`] found to be
+/// `Autodiff<NdArray>`: the tensors are that type's, behind the generic name.
 #[cfg(feature = "ndarray")]
-#[allow(clippy::type_complexity)]
-fn via_ndarray<B: Backend>(
-    x: Tensor<B, 3>,
-    w: Tensor<B, 3>,
-) -> Result<Tensor<B, 3>, (Tensor<B, 3>, Tensor<B, 3>)> {
+fn via_ndarray<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 3>) -> Tensor<B, 3> {
     use core::any::Any;
     type Nd = Autodiff<burn_ndarray::NdArray>;
-    if core::any::TypeId::of::<B>() != core::any::TypeId::of::<Nd>() {
-        return Err((x, w));
-    }
-    let cast = |t: Tensor<B, 3>| -> Tensor<Nd, 3> {
+    fn cast<From: 'static, To: 'static>(t: From) -> To {
         *(Box::new(t) as Box<dyn Any>)
-            .downcast::<Tensor<Nd, 3>>()
-            .expect("the backend type was checked")
-    };
-    let y = transpose_free_matmul(cast(x), cast(w));
-    Ok(*(Box::new(y) as Box<dyn Any>)
-        .downcast::<Tensor<B, 3>>()
-        .expect("the backend type was checked"))
+            .downcast::<To>()
+            .expect("has_transpose_free_backward checked the backend type")
+    }
+    cast(transpose_free_matmul::<burn_ndarray::NdArray, _>(
+        cast::<_, Tensor<Nd, 3>>(x),
+        cast(w),
+    ))
 }
 
 /// `x·W` on any autodiff backend, with the backward ∂x = (W·∂yᵀ)ᵀ and ∂W = xᵀ·∂y: no
