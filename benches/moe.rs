@@ -216,32 +216,17 @@ fn run_case(case: &Case, warmup: usize, reps: usize, peer: Option<(&str, usize)>
         let _g = y.sum().backward();
         Ad::sync(&device).unwrap();
     });
-    let moe_fb = time(warmup, reps, || {
-        let (y, stats) = moe.forward(x.clone().require_grad(), None);
-        let loss = y.sum() + stats.aux_loss.mul_scalar(0.01);
-        let _g = loss.backward();
-        Ad::sync(&device).unwrap();
-    });
+    let moe_fb = layer_fb(&moe, &x, warmup, reps);
     // The same layer with Burn's own matmul backward (∂x = ∂y·Wᵀ), for the A/B of the experts'
     // weight-transpose-free backward (src/expert_matmul.rs) in the same run.
     switch_moe::expert_matmul::set_transpose_free_backward(false);
-    let plain_fb = time(warmup, reps, || {
-        let (y, stats) = moe.forward(x.clone().require_grad(), None);
-        let loss = y.sum() + stats.aux_loss.mul_scalar(0.01);
-        let _g = loss.backward();
-        Ad::sync(&device).unwrap();
-    });
+    let plain_fb = layer_fb(&moe, &x, warmup, reps);
     switch_moe::expert_matmul::set_transpose_free_backward(true);
-    let moe_dropless = SwitchFeedForward {
+    let dropless = SwitchFeedForward {
         dropless: true,
         ..moe.clone()
     };
-    let dropless_fb = time(warmup, reps, || {
-        let (y, stats) = moe_dropless.forward(x.clone().require_grad(), None);
-        let loss = y.sum() + stats.aux_loss.mul_scalar(0.01);
-        let _g = loss.backward();
-        Ad::sync(&device).unwrap();
-    });
+    let dropless_fb = layer_fb(&dropless, &x, warmup, reps);
     let x2 = x.clone().reshape([t, d]);
     // The naive loop costs seconds to minutes at large E·T (each expert's scatter-add and its
     // backward touch the whole [T, d] output): one run from E = 32 on, none past E·T = 128·1024.
@@ -286,10 +271,15 @@ fn run_case(case: &Case, warmup: usize, reps: usize, peer: Option<(&str, usize)>
 
 /// Forward + backward of one layer built from `config` on `x`, median ms.
 fn moe_fb(config: &SwitchFeedForwardConfig, x: &Tensor<Ad, 3>, reps: usize) -> f64 {
-    let device = switch_moe::backend::default_device();
-    let moe: SwitchFeedForward<Ad> = config.init(&device);
-    time(1, reps, || {
-        let (y, stats) = moe.forward(x.clone().require_grad(), None);
+    let moe: SwitchFeedForward<Ad> = config.init(&switch_moe::backend::default_device());
+    layer_fb(&moe, x, 1, reps)
+}
+
+/// Forward + backward of `sum(y) + 0.01·aux` through `layer` on `x`, median ms.
+fn layer_fb(layer: &SwitchFeedForward<Ad>, x: &Tensor<Ad, 3>, warmup: usize, reps: usize) -> f64 {
+    let device = x.device();
+    time(warmup, reps, || {
+        let (y, stats) = layer.forward(x.clone().require_grad(), None);
         let loss = y.sum() + stats.aux_loss.mul_scalar(0.01);
         let _g = loss.backward();
         Ad::sync(&device).unwrap();
@@ -350,12 +340,7 @@ fn profile_moe(experts: usize, iters: usize) {
         .with_expert_dropout(0.0)
         .init(&device);
     let x = Tensor::<Ad, 3>::random([1, t, d], Distribution::Normal(0.0, 1.0), &device);
-    let ms = time(1, iters, || {
-        let (y, stats) = moe.forward(x.clone().require_grad(), None);
-        let loss = y.sum() + stats.aux_loss.mul_scalar(0.01);
-        let _g = loss.backward();
-        Ad::sync(&device).unwrap();
-    });
+    let ms = layer_fb(&moe, &x, 1, iters);
     println!("MoE f+b, T {t}, d {d}/{f}, E {experts}: median {ms:.1} ms over {iters}");
 }
 
