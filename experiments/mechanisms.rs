@@ -36,7 +36,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Parser;
 use common::cli::{CommonArgs, Corpus, DomainSplits, fail, load_char_corpus, select_arms};
 use common::plot::{self, Series};
-use common::run::{RunLog, base_spec, batch, evaluate_all, lm_config, train_run_with};
+use common::run::{
+    RunLog, base_spec, batch, evaluate_all, lm_config, read_first_choices, train_run_with,
+};
 use switch_moe::backend::{SelectedAutodiff, default_device};
 use switch_moe::{EncoderBlock, RoutingStats, SwitchLm};
 
@@ -193,13 +195,7 @@ fn probe<B: Backend>(
     device: &B::Device,
 ) -> (Vec<Vec<i64>>, f64) {
     let out = model.forward_step(batch::<B>(tokens, starts, seq, device));
-    let firsts = out
-        .moe
-        .layers
-        .iter()
-        .map(|l| l.token_expert.clone().float())
-        .collect();
-    let (stats, firsts) = RoutingStats::read_with(&out.moe, firsts);
+    let (stats, firsts) = read_first_choices(&out.moe);
     let firsts = firsts
         .into_iter()
         .map(|l| l.into_iter().map(|v| v as i64).collect())
@@ -799,34 +795,34 @@ fn figures(out: &Path, evals: &[Eval], present: &[&Arm]) {
         Some(plot::loss_range(&valid)),
     ));
     let sparse: Vec<&&Arm> = present.iter().filter(|a| a.experts > 1).collect();
-    let gap: Vec<Series> = sparse
-        .iter()
-        .map(|a| curve(a.name, &|e| e.single[0].0 - e.single[3].0))
-        .collect();
-    plot_or_fail(plot::lines(
-        &out.join("batch1_capacity_gap.png"),
-        "(a) Batch 1, eval capacity 1.0: loss minus dropless loss",
-        "epoch",
-        "Δ cross-entropy (nats/char)",
-        &gap,
-        None,
-    ));
-    let z: Vec<Series> = sparse.iter().map(|a| curve(a.name, &|e| e.z)).collect();
-    plot_or_fail(plot::lines(
-        &out.join("router_z.png"),
-        "(d) Router z-loss of the training batches",
-        "epoch",
-        "mean squared logsumexp of router logits",
-        &z,
-        None,
-    ));
-    let flips: Vec<Series> = sparse.iter().map(|a| curve(a.name, &|e| e.flip)).collect();
-    plot_or_fail(plot::lines(
-        &out.join("flip_rate.png"),
-        "(d, e) Probe tokens whose first-choice expert changed since the last evaluation",
-        "epoch",
-        "share of probe tokens",
-        &flips,
-        None,
-    ));
+    for (file, title, y, value) in [
+        (
+            "batch1_capacity_gap.png",
+            "(a) Batch 1, eval capacity 1.0: loss minus dropless loss",
+            "Δ cross-entropy (nats/char)",
+            (|e: &Eval| e.single[0].0 - e.single[3].0) as fn(&Eval) -> f64,
+        ),
+        (
+            "router_z.png",
+            "(d) Router z-loss of the training batches",
+            "mean squared logsumexp of router logits",
+            |e| e.z,
+        ),
+        (
+            "flip_rate.png",
+            "(d, e) Probe tokens whose first-choice expert changed since the last evaluation",
+            "share of probe tokens",
+            |e| e.flip,
+        ),
+    ] {
+        let series: Vec<Series> = sparse.iter().map(|a| curve(a.name, &value)).collect();
+        plot_or_fail(plot::lines(
+            &out.join(file),
+            title,
+            "epoch",
+            y,
+            &series,
+            None,
+        ));
+    }
 }

@@ -17,8 +17,8 @@ use switch_moe::data::LmBatcher;
 use switch_moe::init::HostRng;
 use switch_moe::train::WarmupCosineLr;
 use switch_moe::{
-    EncoderBlock, LmBatch, LmOutput, MoeStats, RoutingMode, RoutingStats, SwitchEncoderInput,
-    SwitchLm, SwitchLmConfig,
+    CombinedMoeStats, EncoderBlock, LmBatch, LmOutput, MoeStats, RoutingMode, RoutingStats,
+    SwitchEncoderInput, SwitchLm, SwitchLmConfig,
 };
 
 use super::cli::Corpus;
@@ -534,13 +534,7 @@ fn probe_routing<B: Backend>(
         for chunk in starts.chunks(spec.batch_size * 4) {
             let out = objective_step(model, spec, &domain.test, chunk, 0, device);
             let experts = out.moe.layers[0].num_experts();
-            let firsts = out
-                .moe
-                .layers
-                .iter()
-                .map(|l| l.token_expert.clone().float())
-                .collect();
-            let (_, firsts) = RoutingStats::read_with(&out.moe, firsts);
+            let (_, firsts) = read_first_choices(&out.moe);
             if counts.is_empty() {
                 counts = vec![vec![vec![0.0; experts]; corpus.domains.len()]; firsts.len()];
             }
@@ -552,6 +546,17 @@ fn probe_routing<B: Backend>(
         }
     }
     counts
+}
+
+/// The step's routing statistics and, per sparse layer, each token's first-choice expert
+/// (`MoeStats::token_expert` as host values), read in one transaction.
+pub fn read_first_choices<B: Backend>(moe: &CombinedMoeStats<B>) -> (RoutingStats, Vec<Vec<f64>>) {
+    let firsts = moe
+        .layers
+        .iter()
+        .map(|l| l.token_expert.clone().float())
+        .collect();
+    RoutingStats::read_with(moe, firsts)
 }
 
 /// Trains `spec` on `corpus` and records it. Progress goes to stderr, one line per validation.
