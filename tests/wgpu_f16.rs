@@ -32,12 +32,11 @@ const D: usize = 8;
 /// room without hiding a wrong routing or a dropped token, which change outputs by O(1).
 const F16_TOL: f32 = 2e-2;
 
-#[test]
-fn wgpu_f16_routes_in_f32_and_outputs_f16() {
+/// The wgpu device with f16 as its default float type. The first use of the device in this
+/// process makes that explicit (it would be anyway, from `Half`'s float element); a later call
+/// checks it, and fails clearly if something else came first.
+fn half_device() -> <Half as burn::tensor::backend::BackendTypes>::Device {
     let device = Default::default();
-    // The first use of the device in this process: make its default float dtype f16 explicitly
-    // (it would be anyway, from `Half`'s float element), and fail clearly if something else came
-    // first.
     if set_default_dtypes::<Half>(&device, FloatDType::F16, IntDType::I32).is_err() {
         assert_eq!(
             get_device_settings::<Half>(&device).float_dtype,
@@ -45,6 +44,12 @@ fn wgpu_f16_routes_in_f32_and_outputs_f16() {
             "the wgpu device was initialised with another float dtype before this test"
         );
     }
+    device
+}
+
+#[test]
+fn wgpu_f16_routes_in_f32_and_outputs_f16() {
+    let device = half_device();
 
     let config = SwitchFeedForwardConfig::new(D, 16, 4)
         .with_top_k(2)
@@ -138,14 +143,7 @@ fn wgpu_f16_routes_in_f32_and_outputs_f16() {
 #[test]
 fn router_f32_false_computes_the_logits_in_f16() {
     use burn::tensor::Tensor;
-    let device = Default::default();
-    if set_default_dtypes::<Half>(&device, FloatDType::F16, IntDType::I32).is_err() {
-        assert_eq!(
-            get_device_settings::<Half>(&device).float_dtype,
-            FloatDType::F16,
-            "the wgpu device was initialised with another float dtype before this test"
-        );
-    }
+    let device = half_device();
     let config = SwitchFeedForwardConfig::new(D, 16, 4)
         .with_jitter(0.0)
         .with_init_scale(1.0);
