@@ -140,11 +140,7 @@ fn learner_trains_checkpoints_logs_routing_and_resumes() {
 
 #[test]
 fn bpe_tokenizer_round_trips_and_saves() {
-    let text: String = std::fs::read_to_string(CORPUS)
-        .unwrap()
-        .chars()
-        .take(30_000)
-        .collect();
+    let text: String = corpus_text().chars().take(30_000).collect();
     let tokenizer = TextTokenizer::train_bpe(&text, 400).unwrap();
     assert_eq!(tokenizer.vocab_size(), 400);
     let sample = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n  Odd  spacing!";

@@ -87,8 +87,19 @@ pub fn no_drop_config(d: usize, f: usize, e: usize) -> switch_moe::SwitchFeedFor
         .with_init_scale(1.0)
 }
 
-/// The corpus the tests train on.
-pub const CORPUS: &str = "../shared/data/tinyshakespeare.txt";
+/// The corpus the tests train on: tiny-shakespeare at `$SWITCH_MOE_DATA` if set, else beside
+/// the clone at `../shared/data/tinyshakespeare.txt` (where this project's machines keep it).
+pub fn corpus_text() -> String {
+    let path = std::env::var_os("SWITCH_MOE_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "../shared/data/tinyshakespeare.txt".into());
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "the tests need tiny-shakespeare at {} ({e}): set SWITCH_MOE_DATA to a copy of it",
+            path.display()
+        )
+    })
+}
 
 /// An empty scratch directory `<tmp>/switch-moe-<group>/<name>` (emptied first).
 pub fn scratch_in(group: &str, name: &str) -> std::path::PathBuf {
@@ -102,7 +113,7 @@ pub fn scratch_in(group: &str, name: &str) -> std::path::PathBuf {
 
 /// The first `chars` characters of the corpus in `dir/corpus.txt`.
 pub fn corpus_slice(dir: &std::path::Path, chars: usize) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(CORPUS).expect(CORPUS);
+    let text = corpus_text();
     let file = dir.join("corpus.txt");
     std::fs::write(&file, text.chars().take(chars).collect::<String>()).unwrap();
     file
