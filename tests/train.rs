@@ -1,4 +1,4 @@
-//! The training run end to end on a slice of tiny-shakespeare: Learner, metrics, checkpoints,
+//! The training run end to end on a generated play (tests/common's `play_text`): Learner, metrics, checkpoints,
 //! routing CSV, resume, tokenizer round trip and generation from the artifact directory.
 
 mod common;
@@ -140,7 +140,7 @@ fn learner_trains_checkpoints_logs_routing_and_resumes() {
 
 #[test]
 fn bpe_tokenizer_round_trips_and_saves() {
-    let text: String = corpus_text().chars().take(30_000).collect();
+    let text = play_text(30_000, 1);
     let tokenizer = TextTokenizer::train_bpe(&text, 400).unwrap();
     assert_eq!(tokenizer.vocab_size(), 400);
     let sample = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n  Odd  spacing!";
