@@ -286,8 +286,11 @@ pub fn autotune_cache_dir() -> Option<std::path::PathBuf> {
     }
 }
 
-/// The selected backend with automatic differentiation, for training.
-pub type SelectedAutodiff = burn::backend::Autodiff<SelectedBackend>;
+/// The selected backend with automatic differentiation, for training. Named through the direct
+/// `burn-autodiff` dependency: `burn::backend::Autodiff` exists only with burn's `autodiff`
+/// feature, which a backend feature alone (`default-features = false, features = ["ndarray"]`)
+/// does not turn on.
+pub type SelectedAutodiff = burn_autodiff::Autodiff<SelectedBackend>;
 
 /// The backend the test suite runs on (the selected one).
 pub type TestBackend = SelectedBackend;
