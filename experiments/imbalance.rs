@@ -177,8 +177,8 @@ fn run_fractions(log: &RunLog) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// Experts that took less than 1% of their fair share (f < 0.01 / E) over the last tenth of
-/// the run, summed over sparse layers.
+/// Experts that took less than 1% of their fair share over the last tenth of the run (the
+/// library's rule, `routing_stats::is_dead_expert`), summed over sparse layers.
 fn dead_experts(log: &RunLog) -> usize {
     let last = log.routing.last().map_or(0, |r| r.step);
     let from = last - last / 10;
@@ -194,7 +194,7 @@ fn dead_experts(log: &RunLog) -> usize {
             (0..e)
                 .filter(|&i| {
                     let f = rows.iter().map(|r| r.fractions[i]).sum::<f64>() / rows.len() as f64;
-                    f < 0.01 / e as f64
+                    switch_moe::routing_stats::is_dead_expert(f, e)
                 })
                 .count()
         })

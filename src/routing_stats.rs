@@ -31,12 +31,50 @@ pub struct LayerRoutingStats {
     pub expert_bias: Vec<f64>,
 }
 
+/// An expert is **dead** when it receives less than this share of its fair 1/E of the tokens
+/// (1%): the rule behind the "Dead Experts" metric, the run guard's alarm, the report and the
+/// experiments ([`is_dead_expert`]).
+pub const DEAD_EXPERT_SHARE: f64 = 0.01;
+
+/// Whether an expert with token fraction `fraction` (of all E experts' tokens) is dead:
+/// `fraction < DEAD_EXPERT_SHARE / E`.
+pub fn is_dead_expert(fraction: f64, num_experts: usize) -> bool {
+    fraction < DEAD_EXPERT_SHARE / num_experts.max(1) as f64
+}
+
+/// The max expert load (E · max fᵢ) at which a router counts as **collapsing**, by default:
+/// halfway between balance (1) and collapse onto one expert (E), 1 + (E − 1) / 2.
+pub fn collapse_load(num_experts: usize) -> f64 {
+    1.0 + (num_experts as f64 - 1.0) / 2.0
+}
+
 impl LayerRoutingStats {
     /// E · max_i f_i: 1.0 is perfect balance, E is collapse onto one expert (0 when N = 0).
     pub fn max_expert_load(&self) -> f64 {
-        let max = self.token_fractions.iter().copied().fold(0.0, f64::max);
-        max * self.token_fractions.len() as f64
+        max_load(&self.token_fractions)
     }
+
+    /// The experts that received less than 1% of their fair share ([`is_dead_expert`]); none
+    /// when the call routed no token.
+    pub fn dead_experts(&self) -> Vec<usize> {
+        dead_in(&self.tokens_per_expert)
+    }
+}
+
+/// E · max fᵢ of token fractions (or counts normalised to fractions by the caller) `[E]`.
+pub fn max_load(fractions: &[f64]) -> f64 {
+    fractions.iter().copied().fold(0.0, f64::max) * fractions.len() as f64
+}
+
+/// The dead experts of one layer's token counts (or fractions) `[E]`: none without tokens.
+pub fn dead_in(counts: &[f64]) -> Vec<usize> {
+    let total: f64 = counts.iter().sum();
+    if total <= 0.0 {
+        return Vec::new();
+    }
+    (0..counts.len())
+        .filter(|i| is_dead_expert(counts[*i] / total, counts.len()))
+        .collect()
 }
 
 /// The routing statistics of all sparse layers of one forward call (or one training step), on

@@ -77,14 +77,7 @@ impl RoutingMetricKind {
 /// Experts with less than 1% of their fair share of the counted tokens, summed over layers.
 fn dead_experts(layers: impl Iterator<Item = Vec<f64>>) -> f64 {
     layers
-        .map(|counts| {
-            let total: f64 = counts.iter().sum();
-            let fair = total / counts.len().max(1) as f64;
-            if total <= 0.0 {
-                return 0;
-            }
-            counts.iter().filter(|c| **c < 0.01 * fair).count()
-        })
+        .map(|counts| crate::routing_stats::dead_in(&counts).len())
         .sum::<usize>() as f64
 }
 

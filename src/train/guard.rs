@@ -232,10 +232,10 @@ impl Metric for RunGuard {
         let threshold = self
             .config
             .max_load_alarm
-            .unwrap_or(1.0 + (e as f64 - 1.0) / 2.0);
+            .unwrap_or_else(|| crate::routing_stats::collapse_load(e));
         for (l, layer) in r.layers.iter().enumerate() {
             for (x, f) in layer.token_fractions.iter().enumerate() {
-                let dead = *f < 0.01 / e as f64;
+                let dead = crate::routing_stats::is_dead_expert(*f, e);
                 self.dead_for[l][x] = if dead { self.dead_for[l][x] + 1 } else { 0 };
                 if !dead {
                     self.reported[l][x] = false;
