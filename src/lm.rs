@@ -1,5 +1,8 @@
 //! A decoder-only Switch language model: token + learned position embeddings, a causal
-//! [`SwitchEncoder`] (pre-norm), a final LayerNorm and a linear LM head.
+//! [`SwitchEncoder`], a final LayerNorm and a linear LM head — its own weights, or the token
+//! embeddings' transpose ([`SwitchLmConfig::tie_embeddings`], Press & Wolf 2017, as in GPT-2 and
+//! T5). The final norm suits both norm placements of the encoder: a pre-norm stack ends
+//! un-normalised, and after a post-norm stack it is a second, harmless normalisation.
 //!
 //! Its training loss is cross-entropy + α · mean load-balancing loss + β · mean z-loss over the
 //! sparse layers (Switch paper §2.2, α = 0.01; ST-MoE §3.1, β = 0.001).
@@ -11,7 +14,9 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::attention::generate_autoregressive_mask;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{
+    Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+};
 use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 
 use crate::encoder::{
@@ -30,6 +35,12 @@ pub struct SwitchLmConfig {
     pub max_seq_len: usize,
     /// The encoder stack (built with causal attention, pre-norm recommended).
     pub encoder: SwitchEncoderConfig,
+    /// The LM head is the token embedding matrix transposed (no head weights of its own; Press &
+    /// Wolf 2017, "Using the Output Embedding to Improve Language Models"). The embeddings are
+    /// then drawn from N(0, 1/d) rather than burn's N(0, 1), so that the initial logits have
+    /// unit scale. Default false: a separate head d → V.
+    #[config(default = false)]
+    pub tie_embeddings: bool,
     /// Weight α of the load-balancing loss. Default 0.01 (paper §2.2, [`MoeLossWeights::PAPER`]).
     #[config(default = "MoeLossWeights::PAPER.aux")]
     pub aux_coef: f64,
@@ -47,10 +58,11 @@ pub struct SwitchLm<B: Backend> {
     pub position_embedding: Embedding<B>,
     /// The causal encoder stack.
     pub encoder: SwitchEncoder<B>,
-    /// Final LayerNorm (the stack is pre-norm and ends un-normalised).
+    /// Final LayerNorm.
     pub norm: LayerNorm<B>,
-    /// LM head d → V.
-    pub head: Linear<B>,
+    /// LM head d → V, `None` when the head is the token embeddings' transpose
+    /// ([`SwitchLmConfig::tie_embeddings`]); [`logits`](SwitchLm::logits) applies either.
+    pub head: Option<Linear<B>>,
     /// Longest context.
     pub max_seq_len: usize,
     /// Weight α of the load-balancing loss.
@@ -120,7 +132,8 @@ impl SwitchLmConfig {
         let layers: usize = (0..enc.n_layers)
             .map(|i| if enc.is_sparse(i) { sparse } else { dense })
             .sum();
-        v * d + self.max_seq_len * d + layers + norm + d * v
+        let head = if self.tie_embeddings { 0 } else { d * v };
+        v * d + self.max_seq_len * d + layers + norm + head
     }
 
     /// Checks every field; the error names the field and its value.
@@ -155,16 +168,26 @@ impl SwitchLmConfig {
             panic!("{e}");
         }
         let d = self.encoder.layer.d_model();
+        let mut token_embedding = EmbeddingConfig::new(self.vocab_size, d);
+        if self.tie_embeddings {
+            // Unit-scale logits at init: x (normalised) · Eᵀ has variance d · var(E) = 1.
+            token_embedding = token_embedding.with_initializer(Initializer::Normal {
+                mean: 0.0,
+                std: (1.0 / d as f64).sqrt(),
+            });
+        }
         SwitchLm {
-            token_embedding: EmbeddingConfig::new(self.vocab_size, d).init(device),
+            token_embedding: token_embedding.init(device),
             position_embedding: EmbeddingConfig::new(self.max_seq_len, d).init(device),
             encoder: self.encoder.init(device),
             norm: LayerNormConfig::new(d)
                 .with_epsilon(self.encoder.layer.layer_norm_eps)
                 .init(device),
-            head: LinearConfig::new(d, self.vocab_size)
-                .with_bias(false)
-                .init(device),
+            head: (!self.tie_embeddings).then(|| {
+                LinearConfig::new(d, self.vocab_size)
+                    .with_bias(false)
+                    .init(device)
+            }),
             max_seq_len: self.max_seq_len,
             aux_coef: self.aux_coef,
             z_coef: self.z_coef,
@@ -183,8 +206,7 @@ impl<B: Backend> SwitchLm<B> {
         let (x, stats) = self
             .encoder
             .forward(SwitchEncoderInput::new(x).mask_attn(mask));
-        let logits = self.head.forward(self.norm.forward(x)); // [B, S, V]
-        (logits, stats)
+        (self.logits(x), stats) // [B, S, V]
     }
 
     /// An empty cache for [`forward_autoregressive_inference`](Self::forward_autoregressive_inference).
@@ -225,7 +247,7 @@ impl<B: Backend> SwitchLm<B> {
             .forward_autoregressive_inference(SwitchEncoderInput::new(x).mask_attn(mask), cache); // [B, S, d]
         let d = x.dims()[2];
         let last = x.slice([0..batch, seq - 1..seq, 0..d]).reshape([batch, d]); // [B, d]
-        self.head.forward(self.norm.forward(last)) // [B, V]
+        self.logits(last) // [B, V]
     }
 
     /// The same model with every sparse layer dropless ([`SwitchEncoder::dropless`]): what
@@ -234,6 +256,22 @@ impl<B: Backend> SwitchLm<B> {
     pub fn dropless(mut self) -> Self {
         self.encoder = self.encoder.dropless();
         self
+    }
+
+    /// The final norm and the LM head (its own weights, or the token embeddings transposed).
+    ///
+    /// # Shapes
+    /// - x: `[..., d]`, the encoder's output
+    /// - output: `[..., V]`
+    pub fn logits<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let x = self.norm.forward(x);
+        match &self.head {
+            Some(head) => head.forward(x),
+            None => {
+                let weight = self.token_embedding.weight.val().transpose(); // [d, V]
+                burn::tensor::module::linear(x, weight, None) // [..., V]
+            }
+        }
     }
 
     /// Token + position embeddings of `tokens` and the causal mask.

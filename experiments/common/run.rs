@@ -374,7 +374,7 @@ fn objective_step<B: Backend>(
         .repeat_dim(0, b); // [B, S]
     let x = model.token_embedding.forward(inputs) + model.position_embedding.forward(positions);
     let (h, stats) = model.encoder.forward(SwitchEncoderInput::new(x)); // no mask: bidirectional
-    let logits = model.head.forward(model.norm.forward(h)); // [B, S, V]
+    let logits = model.logits(h); // [B, S, V]
     let vocab = logits.dims()[2];
     let logp = log_softmax(logits.reshape([b * seq, vocab]), 1).gather(1, targets); // [B·S, 1]
     let count = scored.clone().sum().clamp_min(1.0); // [1]
