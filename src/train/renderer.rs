@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use burn::train::metric::{MetricDefinition, MetricId, NumericEntry};
+
+use super::human::{duration, si};
 use burn::train::renderer::{
     EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
     MetricsRendererTraining, ProgressType, TrainingProgress,
@@ -50,8 +52,12 @@ impl Means {
         sum.2 = value;
     }
 
-    /// The mean of `name` (the latest value for the learning rate, which is a setting).
+    /// The mean of `name` (the latest value for the learning rate, which is a setting); the
+    /// perplexity is exp of the mean loss, as the run's summary computes it.
     fn get(&self, name: &str) -> Option<f64> {
+        if name == "Perplexity" && self.sums.contains_key(name) && self.sums.contains_key("Loss") {
+            return self.get("Loss").map(f64::exp);
+        }
         let (sum, count, last) = self.sums.get(name)?;
         if name == "Learning Rate" || *count == 0.0 {
             return Some(*last);
@@ -189,25 +195,6 @@ fn value(name: &str, v: f64) -> String {
     }
 }
 
-/// 7800 → `7.8k`.
-fn si(x: f64) -> String {
-    match x {
-        x if x >= 1e6 => format!("{:.1}M", x / 1e6),
-        x if x >= 1e3 => format!("{:.1}k", x / 1e3),
-        x => format!("{x:.0}"),
-    }
-}
-
-/// Seconds → `1h02m`, `3m58s` or `42s`.
-fn duration(seconds: f64) -> String {
-    let s = seconds.round() as u64;
-    match s {
-        s if s >= 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
-        s => format!("{s}s"),
-    }
-}
-
 impl MetricsRendererTraining for PlainRenderer {
     fn update_train(&mut self, state: MetricState) {
         if let Some((name, entry)) = self.name(&state) {
@@ -296,14 +283,14 @@ mod tests {
         assert_eq!(m.tokens(), 400.0);
         assert_eq!(m.get("Learning Rate"), Some(2e-3), "the latest, not a mean");
         assert_eq!(m.line(), "Loss 3.5000  Learning Rate 2.00e-3");
+        // The perplexity shown is exp of the mean loss, not the mean of the batches' values.
+        m.add("Perplexity", &batch(2f64.exp(), 100));
+        m.add("Perplexity", &batch(4f64.exp(), 300));
+        assert_eq!(m.get("Perplexity"), Some(3.5f64.exp()));
     }
 
     #[test]
     fn formats() {
-        assert_eq!(duration(42.4), "42s");
-        assert_eq!(duration(238.0), "3m58s");
-        assert_eq!(duration(3720.0), "1h02m");
-        assert_eq!(si(7812.0), "7.8k");
         assert_eq!(value("Perplexity", 1204.61), "1205");
         assert_eq!(value("Perplexity", 303.538), "303.5");
         assert_eq!(value("Loss", 5.71481), "5.7148");
