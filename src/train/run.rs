@@ -20,6 +20,7 @@ use burn::train::{
     MultiDeviceOptim, StoppingCondition, SupervisedTraining,
 };
 
+use super::app_log::RunLogInstaller;
 use super::artifacts::{ArtifactDir, Start, check_start, epoch_metric, load_checked};
 use super::atomic::{CrashSafeRecorder, write_atomic};
 use super::config::{EpochPlan, TokenizerKind, TrainingConfig};
@@ -558,7 +559,10 @@ where
                 .unwrap_or(usize::MAX)
                 .min(*plan.epochs.end()),
         )
-        .with_metric_logger(ResumeAwareLogger::new(&dir.0, *plan.epochs.start()));
+        .with_metric_logger(ResumeAwareLogger::new(&dir.0, *plan.epochs.start()))
+        .with_application_logger(Some(Box::new(RunLogInstaller::new(
+            dir.0.join("experiment.log"),
+        ))));
     if let Some(epoch) = resume_from {
         training = training.checkpoint(epoch);
     }
