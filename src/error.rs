@@ -52,6 +52,18 @@ pub enum Error {
         /// What is wrong, naming the tensor.
         message: String,
     },
+    /// A config file (`config.json`, or one written by hand) does not describe a config: a field
+    /// that is not a setting, a value of the wrong type, or a setting missing.
+    #[error("config file {}: {message}", file.display())]
+    ConfigFile {
+        /// The file.
+        file: PathBuf,
+        /// The field's path, e.g. `model.encoder.layer.moe.jitter` (empty when the file as a
+        /// whole is at fault).
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// A command-line flag holds an unusable value.
     #[error("invalid value for {flag}: {message}")]
     Flag {

@@ -61,16 +61,20 @@ pub fn generate<B: Backend>(
     device: &B::Device,
 ) -> Result<String> {
     if !(config.temperature.is_finite() && config.temperature > 0.0) {
-        return Err(Error::Flag {
-            flag: "--temperature",
-            message: format!("{} must be a positive number", config.temperature),
-        });
+        return Err(Error::config(
+            "SamplingConfig",
+            "temperature",
+            config.temperature,
+            "must be a positive number",
+        ));
     }
     if config.top_k == Some(0) {
-        return Err(Error::Flag {
-            flag: "--top-k",
-            message: "must be at least 1".into(),
-        });
+        return Err(Error::config(
+            "SamplingConfig",
+            "top_k",
+            "Some(0)",
+            "must be at least 1 (None samples from every token)",
+        ));
     }
     let mut tokens = tokenizer.encode(prompt)?;
     if tokens.is_empty() {

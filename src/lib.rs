@@ -38,6 +38,16 @@ pub mod atomic_file;
     feature = "cuda"
 ))]
 pub mod backend;
+#[cfg(all(
+    feature = "train",
+    any(
+        feature = "ndarray",
+        feature = "wgpu",
+        feature = "tch",
+        feature = "cuda"
+    )
+))]
+pub mod cli;
 #[cfg(feature = "train")]
 pub mod data;
 pub mod dispatch;
@@ -56,6 +66,8 @@ pub mod lm;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod moe;
+#[cfg(feature = "train")]
+pub mod report;
 pub mod router;
 pub mod routing_stats;
 pub mod shared;

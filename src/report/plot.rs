@@ -1,4 +1,5 @@
-//! PNG plots drawn by the programs themselves: line charts and routing heatmaps.
+//! PNG plots: line charts, routing heatmaps and matrix heatmaps, as the run report and the
+//! experiments draw them (plotters, bitmap backend: no system library but a font).
 //!
 //! Text is rendered with ab_glyph from a TrueType font found on the system (DejaVu Sans or
 //! Liberation Sans), or the file named by `$SWITCH_MOE_FONT`.
@@ -17,8 +18,13 @@ const FONT_PATHS: &[&str] = &[
     "C:\\Windows\\Fonts\\arial.ttf",
 ];
 
-/// Registers the font used for all text; call once before plotting.
+/// Registers the font used for all text; call before plotting (later calls do nothing).
 pub fn init_font() -> Result<(), String> {
+    static FONT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    FONT.get_or_init(register_font).clone()
+}
+
+fn register_font() -> Result<(), String> {
     let candidates: Vec<String> = std::env::var("SWITCH_MOE_FONT")
         .into_iter()
         .chain(FONT_PATHS.iter().map(|p| p.to_string()))
@@ -102,6 +108,28 @@ pub fn lines(
     series: &[Series],
     y_range: Option<(f64, f64)>,
 ) -> Result<(), String> {
+    lines_with_markers(path, title, x_desc, y_desc, series, y_range, &[])
+}
+
+/// A vertical line across a chart at `x`, e.g. where an alarm fired, labelled at its top.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Marker {
+    /// Position on the x axis.
+    pub x: f64,
+    /// A short label (drawn at the top of the line).
+    pub label: String,
+}
+
+/// [`lines`] with vertical [`Marker`]s (red, dashed, labelled).
+pub fn lines_with_markers(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Series],
+    y_range: Option<(f64, f64)>,
+    markers: &[Marker],
+) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
     let finite = series
         .iter()
@@ -147,6 +175,7 @@ pub fn lines(
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
+        .x_label_formatter(&tick)
         .label_style(("sans-serif", 15))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
@@ -178,12 +207,39 @@ pub fn lines(
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))
             .map_err(|e| err(&e))?;
     }
+    let alarm = RGBColor(200, 30, 30);
+    for marker in markers.iter().filter(|m| m.x.is_finite()) {
+        let (lo, hi) = (y0 - pad, y1 + pad);
+        let dashes = (0..40).map(|i| {
+            let a = lo + (hi - lo) * i as f64 / 40.0;
+            let b = lo + (hi - lo) * (i as f64 + 0.5) / 40.0;
+            PathElement::new(vec![(marker.x, a), (marker.x, b)], alarm.stroke_width(2))
+        });
+        chart.draw_series(dashes).map_err(|e| err(&e))?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                marker.label.clone(),
+                (marker.x, hi),
+                ("sans-serif", 13).into_font().color(&alarm),
+            )))
+            .map_err(|e| err(&e))?;
+    }
     legend(
         &legend_area,
         series.iter().map(|s| (s.label.as_str(), color(s.color))),
     )
     .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))
+}
+
+/// An axis tick: whole numbers without decimals (steps, epochs), others with up to three.
+fn tick(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-9 {
+        format!("{:.0}", x)
+    } else {
+        let text = format!("{x:.3}");
+        text.trim_end_matches('0').to_string()
+    }
 }
 
 /// A legend column: a swatch and a label per entry, from the top.
@@ -281,18 +337,27 @@ pub fn heatmaps(path: &Path, title: &str, panels: &[Panel], cols: usize) -> Resu
     for (panel, area) in panels.iter().zip(grid.split_evenly((rows, cols))) {
         let experts = panel.fractions.first().map_or(1, |r| r.len());
         let last = *panel.steps.last().unwrap_or(&1) as f64;
+        // Expert e's row spans e − ½ … e + ½, so the integer ticks name the rows.
         let mut chart = ChartBuilder::on(&area)
             .caption(&panel.title, ("sans-serif", 15))
             .margin(6)
             .x_label_area_size(34)
             .y_label_area_size(40)
-            .build_cartesian_2d(0.0..last, 0.0..experts as f64)
+            .build_cartesian_2d(0.0..last, -0.5..experts as f64 - 0.5)
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
             .disable_mesh()
             .x_labels(5)
             .y_labels(experts.min(8))
+            .x_label_formatter(&tick)
+            .y_label_formatter(&|y| {
+                if (y - y.round()).abs() < 1e-6 && *y >= 0.0 {
+                    format!("{}", y.round() as usize)
+                } else {
+                    String::new()
+                }
+            })
             .label_style(("sans-serif", 12))
             .x_desc("step")
             .y_desc("expert")
@@ -304,7 +369,7 @@ pub fn heatmaps(path: &Path, title: &str, panels: &[Panel], cols: usize) -> Resu
             let x1 = *col as f64;
             for (e, f) in row.iter().enumerate() {
                 cells.push(Rectangle::new(
-                    [(prev, e as f64), (x1, e as f64 + 1.0)],
+                    [(prev, e as f64 - 0.5), (x1, e as f64 + 0.5)],
                     load_color(f * experts as f64).filled(),
                 ));
             }
@@ -313,21 +378,6 @@ pub fn heatmaps(path: &Path, title: &str, panels: &[Panel], cols: usize) -> Resu
         chart.draw_series(cells).map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))
-}
-
-/// Routing panels of a run: one per sparse layer.
-pub fn routing_panels(log: &super::run::RunLog, label: &str) -> Vec<Panel> {
-    let layers = log.routing.iter().map(|r| r.layer + 1).max().unwrap_or(0);
-    (0..layers)
-        .map(|l| {
-            let rows: Vec<_> = log.routing.iter().filter(|r| r.layer == l).collect();
-            Panel {
-                title: format!("{label} · sparse layer {}", l + 1),
-                steps: rows.iter().map(|r| r.step).collect(),
-                fractions: rows.iter().map(|r| r.fractions.clone()).collect(),
-            }
-        })
-        .collect()
 }
 
 /// A y range for loss curves: every point of every series (nothing clipped).

@@ -305,32 +305,66 @@ pub(crate) fn load_checked<B: Backend>(
     Ok(loaded)
 }
 
-/// Rebuilds a trained model and its tokenizer from an artifact directory: `config.json`,
-/// `tokenizer.json` and `model.mpk` (or, while training runs, the newest checkpoint).
-pub fn load_trained<B: Backend>(
-    artifact_dir: &Path,
-    device: &B::Device,
-) -> MoeResult<(SwitchLm<B>, TextTokenizer, TrainingConfig)> {
-    let dir = ArtifactDir(artifact_dir.to_path_buf());
-    let config = TrainingConfig::load(dir.config()).map_err(|e| {
-        Error::Checkpoint(format!(
-            "cannot read {} ({e}): --artifact-dir must be a directory written by the train example",
-            dir.config().display()
-        ))
-    })?;
-    let tokenizer = TextTokenizer::load(&dir.tokenizer())?;
-    let weights = if dir.model().with_extension("mpk").exists() {
-        dir.model()
-    } else {
+/// Which weights [`load_trained`] reads from an artifact directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrainedWeights {
+    /// `model.mpk`, written when the run finished.
+    Final(PathBuf),
+    /// The newest checkpoint, while the run is training or after it was interrupted.
+    Checkpoint {
+        /// `checkpoint/model-<epoch>.mpk`.
+        file: PathBuf,
+        /// Its epoch.
+        epoch: usize,
+    },
+}
+
+impl TrainedWeights {
+    /// `model.mpk` if the run finished, else its newest checkpoint.
+    pub fn find(artifact_dir: &Path) -> MoeResult<Self> {
+        let dir = ArtifactDir(artifact_dir.to_path_buf());
+        let model = dir.model().with_extension("mpk");
+        if model.exists() {
+            return Ok(Self::Final(model));
+        }
         let epoch = dir.last_checkpoint().ok_or_else(|| {
             Error::Checkpoint(format!(
                 "{} holds neither model.mpk nor a checkpoint: train first",
                 dir.0.display()
             ))
         })?;
-        dir.checkpoint_model(epoch)
-    };
-    let model = load_checked::<B>(&config.model, &weights, device)?;
+        Ok(Self::Checkpoint {
+            file: dir.checkpoint_model(epoch).with_extension("mpk"),
+            epoch,
+        })
+    }
+
+    /// The file, with its `.mpk` extension.
+    pub fn file(&self) -> &Path {
+        match self {
+            Self::Final(file) | Self::Checkpoint { file, .. } => file,
+        }
+    }
+}
+
+/// Rebuilds a trained model and its tokenizer from an artifact directory: `config.json`,
+/// `tokenizer.json` and the weights [`TrainedWeights::find`] names (`model.mpk`, or while
+/// training runs the newest checkpoint).
+pub fn load_trained<B: Backend>(
+    artifact_dir: &Path,
+    device: &B::Device,
+) -> MoeResult<(SwitchLm<B>, TextTokenizer, TrainingConfig)> {
+    let dir = ArtifactDir(artifact_dir.to_path_buf());
+    if !dir.config().exists() {
+        return Err(Error::Checkpoint(format!(
+            "{} holds no run (no config.json): name the artifact directory of a training run",
+            dir.0.display()
+        )));
+    }
+    let config = TrainingConfig::read(&dir.config())?;
+    let tokenizer = TextTokenizer::load(&dir.tokenizer())?;
+    let weights = TrainedWeights::find(artifact_dir)?;
+    let model = load_checked::<B>(&config.model, &weights.file().with_extension(""), device)?;
     Ok((model, tokenizer, config))
 }
 

@@ -2,6 +2,8 @@
 //! [`TokenizerKind`], with their validation. Errors name the config field
 //! (`TrainingConfig.batch_size`); a program maps fields to its own flags.
 
+use std::path::Path;
+
 use burn::config::Config;
 
 use super::guard::HealthConfig;
@@ -54,7 +56,8 @@ pub struct TrainingConfig {
     /// AdamW weight decay (default 0.01).
     #[config(default = 0.01)]
     pub weight_decay: f64,
-    /// Gradient clipping by global norm (default 1.0).
+    /// Gradient clipping by norm, per parameter tensor as burn's `GradientClippingConfig::Norm`
+    /// clips (default 1.0).
     #[config(default = 1.0)]
     pub grad_clip: f64,
     /// Share of the corpus (its tail) held out for validation (default 0.1).
@@ -207,6 +210,232 @@ impl TrainingConfig {
     }
 }
 
+impl TrainingConfig {
+    /// Reads a complete config file — a run's `config.json`, or the output of the train
+    /// program's `--print-config` — strictly: a field that is not a setting (a typo), a value of
+    /// the wrong type or a missing setting is an [`Error::ConfigFile`] naming the field (and the
+    /// closest setting's name, for a typo), where a plain [`Config::load`] would ignore an
+    /// unknown field. The values are not [validated](Self::validate) here.
+    pub fn read(path: &Path) -> MoeResult<Self> {
+        let text = read_file(path)?;
+        Self::from_json(&text).map_err(|(field, message)| config_file_error(path, field, message))
+    }
+
+    /// Reads a config file that may leave settings out: they keep `base`'s values (a preset,
+    /// say), and the file's fields replace them. Otherwise as strict as [`read`](Self::read).
+    pub fn read_over(path: &Path, base: &Self) -> MoeResult<Self> {
+        let text = read_file(path)?;
+        Self::from_json_over(&text, base)
+            .map_err(|(field, message)| config_file_error(path, field, message))
+    }
+
+    /// [`read`](Self::read) on text; the error is (field path, message).
+    pub fn from_json(text: &str) -> std::result::Result<Self, (String, String)> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| (String::new(), format!("not JSON: {e}")))?;
+        Self::from_value(value)
+    }
+
+    /// [`read_over`](Self::read_over) on text; the error is (field path, message).
+    pub fn from_json_over(text: &str, base: &Self) -> std::result::Result<Self, (String, String)> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| (String::new(), format!("not JSON: {e}")))?;
+        let mut merged = serde_json::to_value(base)
+            .map_err(|e| (String::new(), format!("cannot write the base config: {e}")))?;
+        merge(&mut merged, value.clone());
+        let config = Self::from_value(merged)?;
+        // Every field of the file must be a setting (merging kept base's keys for the rest).
+        check_known(&value, &config)?;
+        Ok(config)
+    }
+
+    /// A config from a JSON value: checked for unknown keys (first against a preset's keys, so
+    /// that a typo is named rather than reported as the missing setting it hides), typed (errors
+    /// name the field), then checked against its own keys.
+    fn from_value(value: serde_json::Value) -> std::result::Result<Self, (String, String)> {
+        check_known(&value, &super::Preset::Cpu.config())?;
+        // Parsed from text so that a type error has a position, which names its field.
+        let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+        let config: Self = serde_json::from_str(&text).map_err(|e| {
+            let message = e.to_string();
+            // serde names a missing field itself; otherwise the field is the key before the
+            // error's position.
+            let field = if message.starts_with("missing field") {
+                String::new()
+            } else {
+                key_before(&text, e.line(), e.column()).unwrap_or_default()
+            };
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let what = if field.is_empty() {
+                message
+            } else {
+                format!("field `{field}`: {message}")
+            };
+            (field, what)
+        })?;
+        check_known(&value, &config)?;
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> MoeResult<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))
+}
+
+fn config_file_error(path: &Path, field: String, message: String) -> Error {
+    Error::ConfigFile {
+        file: path.to_path_buf(),
+        field,
+        message,
+    }
+}
+
+/// An error for the first key of `value` that is not a setting of `config`.
+fn check_known(
+    value: &serde_json::Value,
+    config: &TrainingConfig,
+) -> std::result::Result<(), (String, String)> {
+    let known = serde_json::to_value(config)
+        .map_err(|e| (String::new(), format!("cannot be written back: {e}")))?;
+    match unknown_field(value, &known, "") {
+        None => Ok(()),
+        Some((path, suggestion)) => {
+            let hint = match suggestion {
+                Some(s) => format!(" (did you mean `{s}`?)"),
+                None => String::new(),
+            };
+            Err((
+                path.clone(),
+                format!(
+                    "`{path}` is not a setting of TrainingConfig{hint}: fix or remove it (a run's \
+                     config.json lists every setting)"
+                ),
+            ))
+        }
+    }
+}
+
+/// Writes `over`'s fields into `base`: objects merge key by key, anything else replaces — also
+/// an enum variant written as an object (`{"Bpe": {...}}`) replaces another variant.
+fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
+    use serde_json::Value;
+    match (base, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            let variant = |o: &serde_json::Map<String, Value>| {
+                o.len() == 1 && o.keys().all(|k| k.starts_with(char::is_uppercase))
+            };
+            if variant(base) && variant(&over) && base.keys().ne(over.keys()) {
+                *base = over;
+                return;
+            }
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(slot) => merge(slot, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+/// The first key of `input` (depth first, in the file's order) that `known` (the same config
+/// written back) lacks, as a dotted path, with the closest known key at its level.
+fn unknown_field(
+    input: &serde_json::Value,
+    known: &serde_json::Value,
+    prefix: &str,
+) -> Option<(String, Option<String>)> {
+    let (serde_json::Value::Object(input), serde_json::Value::Object(known)) = (input, known)
+    else {
+        return None;
+    };
+    for (key, value) in input {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match known.get(key) {
+            Some(k) => {
+                if let Some(found) = unknown_field(value, k, &path) {
+                    return Some(found);
+                }
+            }
+            None => {
+                let closest = known
+                    .keys()
+                    .map(|k| (edit_distance(k, key), k))
+                    .filter(|(d, _)| *d <= 3)
+                    .min()
+                    .map(|(_, k)| k.clone());
+                return Some((path, closest));
+            }
+        }
+    }
+    None
+}
+
+/// Levenshtein distance (typos: a missing, extra or changed letter each count 1).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// The last object key that starts before (`line`, `column`) (1-based, serde_json's position).
+fn key_before(text: &str, line: usize, column: usize) -> Option<String> {
+    let offset: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum::<usize>()
+        + column;
+    let head = &text[..offset.min(text.len())];
+    // Scan the JSON strings; a string followed by ':' is a key.
+    let (mut key, mut chars) = (None, head.char_indices().peekable());
+    while let Some((start, c)) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in chars.by_ref() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(end) = end else { break };
+        if head[end + 1..].trim_start().starts_with(':') {
+            key = Some(head[start + 1..end].to_string());
+        }
+    }
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,5 +509,48 @@ mod tests {
                 total: 300
             }
         );
+    }
+
+    #[test]
+    fn a_config_file_round_trips_and_typos_name_the_field() {
+        let mut c = config().with_lr(1e-3);
+        c.model.encoder.layer.moe.jitter = 0.05;
+        let text = c.to_string();
+        let back = TrainingConfig::from_json(&text).expect("a written config reads back");
+        assert_eq!(back.to_string(), text);
+
+        // A mistyped field deep in the tree: named with its path and the closest setting.
+        let typo = text.replacen("\"jitter\"", "\"jiter\"", 1);
+        let (field, message) = TrainingConfig::from_json(&typo).unwrap_err();
+        assert_eq!(field, "model.encoder.layer.moe.jiter", "{message}");
+        assert!(message.contains("did you mean `jitter`"), "{message}");
+
+        // A value of the wrong type names its field.
+        let wrong = text.replacen("\"batch_size\": 32", "\"batch_size\": \"big\"", 1);
+        assert_ne!(wrong, text, "the test edits the batch size");
+        let (field, message) = TrainingConfig::from_json(&wrong).unwrap_err();
+        assert_eq!(field, "batch_size", "{message}");
+
+        // A complete file must be complete; a file over a base may leave settings out.
+        let partial = r#"{"lr": 0.01, "model": {"encoder": {"layer": {"moe": {"top_k": 2}}}},
+            "tokenizer": {"Bpe": {"vocab_size": 300}}}"#;
+        let (_, message) = TrainingConfig::from_json(partial).unwrap_err();
+        assert!(message.contains("missing field"), "{message}");
+        let base = config().with_batch_size(7);
+        let over = TrainingConfig::from_json_over(partial, &base).expect("the base fills in");
+        assert_eq!((over.batch_size, over.lr), (7, 0.01));
+        assert_eq!(over.model.encoder.moe().top_k, 2);
+        assert_eq!(
+            over.model.encoder.moe().num_experts,
+            4,
+            "kept from the base"
+        );
+        assert_eq!(over.tokenizer, TokenizerKind::Bpe { vocab_size: 300 });
+        let (field, _) =
+            TrainingConfig::from_json_over(r#"{"model": {"max_seq_lne": 8}}"#, &base).unwrap_err();
+        assert_eq!(field, "model.max_seq_lne");
+
+        assert_eq!(edit_distance("jiter", "jitter"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

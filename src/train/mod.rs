@@ -2,24 +2,31 @@
 //! artifact directory, the train/inference steps, metrics, the learning-rate schedule, progress
 //! output and the run itself.
 
+mod app_log;
 mod artifacts;
 pub mod atomic;
+mod calibrate;
 mod config;
 mod guard;
+pub(crate) mod human;
 mod loader;
 mod logger;
 mod metrics;
+mod preset;
 mod renderer;
 mod run;
 mod schedule;
 mod step;
 
-pub use artifacts::{ArtifactDir, epoch_metric, load_trained};
+pub use app_log::RunLogInstaller;
+pub use artifacts::{ArtifactDir, TrainedWeights, epoch_metric, load_trained};
+pub use calibrate::{StepTiming, time_steps};
 pub use config::{TokenizerKind, TrainingConfig};
 pub use guard::{Alarm, AlarmKind, Alarms, CollapsePolicy, HealthConfig, RunGuard};
 pub use loader::{EpochLoader, EpochOrder, epoch_seed};
 pub use logger::ResumeAwareLogger;
 pub use metrics::{LmMetric, LmMetricKind};
+pub use preset::Preset;
 pub use renderer::PlainRenderer;
 pub use run::{TrainOptions, TrainPlan, TrainSummary, train, train_data_parallel, train_with_plan};
 pub use schedule::WarmupCosineLr;
