@@ -83,7 +83,7 @@ fn help_says_what_each_program_does_and_lists_the_presets() {
         ("experts", "8", "8"),
         ("seq len", "128", "256"),
         ("batch", "32", "64"),
-        ("steps", "500", "5 epochs"),
+        ("steps", "500", "5 passes"),
         ("lr", "2e-3", "1e-3"),
     ] {
         let line = row(name);
