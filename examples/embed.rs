@@ -1,6 +1,8 @@
 //! Embedding `SwitchEncoderLayer` in your own Burn model and training it with burn-train's
 //! Learner: the per-expert token fractions and the routing losses appear on the dashboard (and in
-//! the metric logs) through one `Adaptor<RoutingStats>` impl — nothing is copied from this crate.
+//! the metric logs) through one `Adaptor<RoutingStats>` impl, and the run guard (a NaN loss stops
+//! the run; dead experts and a collapsing router raise alarms) through one `Adaptor<GuardInput>`
+//! impl — nothing is copied from this crate.
 //!
 //! The model is a small sequence classifier on synthetic data (each class draws its tokens mostly
 //! from its own quarter of the vocabulary): embedding → `SwitchEncoderLayer` → mean pool → linear.
@@ -24,7 +26,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::optim::AdamConfig;
 use burn::record::DefaultRecorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn::train::metric::{
     AccuracyInput, AccuracyMetric, Adaptor, ItemLazy, LossInput, LossMetric,
 };
@@ -33,6 +35,7 @@ use burn::train::{
 };
 use clap::Parser;
 use switch_moe::init::HostRng;
+use switch_moe::metrics::{Alarms, GuardInput, HealthConfig, RunGuard};
 use switch_moe::{
     CombinedMoeStats, MoeLossWeights, MoeStats, RoutingStats, SwitchEncoderLayer,
     SwitchEncoderLayerConfig, routing_metrics,
@@ -144,6 +147,16 @@ impl<B: Backend> ItemLazy for ClassifierOutput<B> {
 impl Adaptor<RoutingStats> for ClassifierOutputSync {
     fn adapt(&self) -> RoutingStats {
         self.routing.clone()
+    }
+}
+
+/// What the run guard checks: the loss (NaN or infinite stops the run) and the routing.
+impl Adaptor<GuardInput> for ClassifierOutputSync {
+    fn adapt(&self) -> GuardInput {
+        GuardInput {
+            loss: self.class.loss.clone().into_scalar().elem(),
+            routing: self.routing.clone(),
+        }
     }
 }
 
@@ -264,6 +277,12 @@ fn run<B: AutodiffBackend>(args: &Args, device: B::Device) {
             .metric_train_numeric(metric.clone())
             .metric_valid_numeric(metric);
     }
+    // The guard: a non-finite loss stops the run through the Learner's interrupter; an expert
+    // dead for 50 steps or a max expert load at 1 + (E − 1)/2 prints a warning (or stops, with
+    // `CollapsePolicy::Stop`). The alarms are read back when the Learner returns.
+    let alarms = Alarms::default();
+    let guard = RunGuard::new(HealthConfig::new(), training.interrupter(), alarms.clone());
+    training = training.metric_train(guard);
     let training = training
         .with_file_checkpointer(DefaultRecorder::new())
         .num_epochs(args.epochs)
@@ -273,8 +292,13 @@ fn run<B: AutodiffBackend>(args: &Args, device: B::Device) {
     println!("{model}");
     // `result.model` is the trained model, already in inference mode (`.valid()`).
     let _result = training.launch(Learner::new(model, AdamConfig::new().init(), 3e-3));
+    if let Some(alarm) = alarms.stop() {
+        eprintln!("error: training stopped: {alarm}");
+        std::process::exit(1);
+    }
     println!(
-        "metric logs and checkpoints: {}",
+        "router alarms: {}; metric logs and checkpoints: {}",
+        alarms.all().len(),
         args.artifact_dir.display()
     );
 }

@@ -3,7 +3,7 @@
 //! The library itself is generic over `B: Backend`; only programs pick one. Precedence when
 //! several backend features are on: `cuda`, then `wgpu`, then `tch`, then `ndarray` (the default
 //! feature), so `cargo run --features wgpu --example train` runs on wgpu without
-//! `--no-default-features`.
+//! turning the default features off.
 
 #[cfg(feature = "cuda")]
 mod selected {
@@ -206,7 +206,7 @@ pub struct DeviceInfo {
     pub detail: Option<String>,
 }
 
-/// `n` devices of the selected backend for data-parallel training (`--devices n`): distinct
+/// `n` devices of the selected backend for data-parallel training (the train program's devices option): distinct
 /// GPUs where the backend has them (cuda; wgpu discrete GPUs), otherwise n copies
 /// of the one CPU device, which runs burn-train's multi-device code path on shared cores.
 pub fn data_parallel_devices(n: usize) -> Vec<SelectedDevice> {

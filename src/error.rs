@@ -67,7 +67,7 @@ pub enum Error {
     /// A command-line flag holds an unusable value.
     #[error("invalid value for {flag}: {message}")]
     Flag {
-        /// The flag, e.g. `--seq-len`.
+        /// The flag, as the program spells it (src/cli).
         flag: &'static str,
         /// What is wrong and what to do.
         message: String,

@@ -77,4 +77,18 @@ fn a_user_model_gets_expert_fractions_in_the_learner() {
         }
     }
     assert!(dir.join("checkpoint").exists(), "the Learner checkpointed");
+    // The run guard watched every training step of the user's model (its text log: one line
+    // per step, "ok" or an alarm), and the program read the alarms back.
+    let health = std::fs::read_to_string(dir.join("train/epoch-1/Router_Health.log"))
+        .expect("the guard's log");
+    assert_eq!(
+        health.lines().count(),
+        256 / 32,
+        "one entry per step: {health}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("router alarms: "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

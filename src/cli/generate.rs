@@ -89,7 +89,7 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", super::in_flags(&e.to_string()));
             ExitCode::FAILURE
         }
     }

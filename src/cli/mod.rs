@@ -13,3 +13,41 @@
 pub mod generate;
 pub mod report;
 pub mod train;
+
+/// The library's names of run options and config fields → the train program's flags. Library
+/// messages name what a library user sets (`TrainOptions::data`, `max_seq_len`); the programs
+/// print them with the flags a program user types.
+const FLAGS: [(&str, &str); 12] = [
+    ("`TrainOptions::data`", "--data"),
+    ("`TrainOptions::tokenizer_file`", "--tokenizer"),
+    ("`TrainOptions::artifact_dir`", "--artifact-dir"),
+    ("`TrainOptions::resume`", "--resume"),
+    ("`TokenizerKind::Char`", "--char"),
+    ("`max_seq_len`", "--seq-len"),
+    ("`vocab_size`", "--vocab-size"),
+    ("`lr`", "--lr"),
+    ("`aux_coef`", "--aux-coef"),
+    ("`z_coef`", "--z-coef"),
+    ("`expert_bias_rate`", "--expert-bias-rate"),
+    ("`eval_capacity_factor`", "--eval-capacity-factor"),
+];
+
+/// `text` with the library's option and field names replaced by the program's flags.
+pub fn in_flags(text: &str) -> String {
+    FLAGS.iter().fold(text.to_string(), |text, (name, flag)| {
+        text.replace(name, flag)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_names_become_flags() {
+        assert_eq!(
+            in_flags("use a longer corpus (`TrainOptions::data`) or a smaller `max_seq_len`"),
+            "use a longer corpus (--data) or a smaller --seq-len"
+        );
+    }
+}

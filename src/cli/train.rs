@@ -494,7 +494,7 @@ fn print_plan(plan: &TrainPlan, config: &TrainingConfig) {
         plan.artifact_dir.display()
     );
     for notice in &plan.notices {
-        println!("  note       {notice}");
+        println!("  note       {}", super::in_flags(notice));
     }
 }
 
@@ -755,10 +755,13 @@ fn describe(error: &Error) -> String {
             reason,
             ..
         } => match flag_of(field) {
-            Some(flag) => format!("invalid value for {flag}: {value} ({reason}); see --help"),
-            None => format!("{error}"),
+            Some(flag) => format!(
+                "invalid value for {flag}: {value} ({}); see --help",
+                super::in_flags(reason)
+            ),
+            None => super::in_flags(&error.to_string()),
         },
-        other => other.to_string(),
+        other => super::in_flags(&other.to_string()),
     }
 }
 

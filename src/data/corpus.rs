@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// Environment variable naming the corpus when `--data` is not given.
+/// Environment variable naming the corpus when no path is given (`TrainOptions::data`).
 pub const DATA_ENV: &str = "SWITCH_MOE_DATA";
 /// Where tiny-shakespeare (Karpathy's char-rnn copy, 1,115,394 bytes) is downloaded from.
 pub const TINY_SHAKESPEARE_URL: &str =
@@ -28,7 +28,7 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 
 /// The corpus text and where it came from.
 ///
-/// Order: `path` (the `--data` flag), then `$SWITCH_MOE_DATA`, then tiny-shakespeare from the
+/// Order: `path` (`TrainOptions::data`), then `$SWITCH_MOE_DATA`, then tiny-shakespeare from the
 /// cache, downloaded on first use.
 pub fn load_corpus(path: Option<&Path>) -> Result<(String, PathBuf)> {
     let chosen = path
@@ -40,7 +40,7 @@ pub fn load_corpus(path: Option<&Path>) -> Result<(String, PathBuf)> {
             let dir = default_cache_dir().ok_or_else(|| {
                 Error::Data(
                     "no corpus given and no cache directory (neither XDG_CACHE_HOME nor HOME is \
-                     set): pass --data FILE|DIR"
+                     set): name a file or directory in `TrainOptions::data`"
                         .into(),
                 )
             })?;
@@ -58,7 +58,8 @@ pub fn load_corpus(path: Option<&Path>) -> Result<(String, PathBuf)> {
 pub fn read_text_path(path: &Path) -> Result<String> {
     let meta = std::fs::metadata(path).map_err(|e| {
         Error::Data(format!(
-            "corpus {} cannot be opened ({e}): pass an existing file or directory with --data",
+            "corpus {} cannot be opened ({e}): `TrainOptions::data` must name an existing file \
+             or directory",
             path.display()
         ))
     })?;
@@ -77,7 +78,7 @@ pub fn read_text_path(path: &Path) -> Result<String> {
         let text = String::from_utf8(bytes).map_err(|e| {
             Error::Data(format!(
                 "corpus file {} is not UTF-8 text (invalid byte at offset {}): convert it to UTF-8 \
-                 or leave it out of --data",
+                 or leave it out of `TrainOptions::data`",
                 file.display(),
                 e.utf8_error().valid_up_to()
             ))
@@ -87,7 +88,7 @@ pub fn read_text_path(path: &Path) -> Result<String> {
     let text = parts.join("\n");
     if text.trim().is_empty() {
         return Err(Error::Data(format!(
-            "corpus {} holds no text{}: pass a non-empty text file with --data",
+            "corpus {} holds no text{}: name a non-empty text file in `TrainOptions::data`",
             path.display(),
             if meta.is_dir() {
                 " (no non-empty files under it)"
@@ -128,7 +129,8 @@ pub fn download_verified(url: &str, dest: &Path, sha256: &str) -> Result<()> {
     {
         return Ok(());
     }
-    let offline_hint = "pass --data FILE|DIR (or set SWITCH_MOE_DATA) to use a local copy";
+    let offline_hint =
+        "name a local copy in `TrainOptions::data` or SWITCH_MOE_DATA (a file or a directory)";
     let mut body = Vec::new();
     ureq::get(url)
         .call()

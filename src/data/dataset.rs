@@ -10,6 +10,7 @@ use crate::lm::LmBatch;
 
 /// Splits a token stream into a training head and a validation tail, contiguous, so that the
 /// validation text is unseen.
+#[deprecated(note = "runs split the text before tokenizing it: use data::split_text")]
 pub fn split_tokens(tokens: &[u32], valid_fraction: f64) -> (Vec<u32>, Vec<u32>) {
     let valid = ((tokens.len() as f64) * valid_fraction).round() as usize;
     let cut = tokens.len() - valid.min(tokens.len());

@@ -12,6 +12,26 @@ use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 
 use crate::error::{Error, Result};
+pub use kind::TokenizerKind;
+
+/// In a module of its own: burn's `Config` derive names `Result`, which this file's alias shadows.
+mod kind {
+    use burn::config::Config;
+
+    /// How a run gets its tokenizer (a field of the run's config).
+    #[derive(Config, Debug, PartialEq)]
+    pub enum TokenizerKind {
+        /// Byte-level BPE trained on the training split.
+        Bpe {
+            /// Vocabulary size (256 bytes + merges).
+            vocab_size: usize,
+        },
+        /// One token per character of the corpus.
+        Char,
+        /// Loaded from a `tokenizer.json` (`TrainOptions::tokenizer_file`).
+        File,
+    }
+}
 
 /// A text ↔ token-id mapping.
 #[derive(Debug, Clone)]
@@ -55,13 +75,13 @@ impl TextTokenizer {
     /// Trains a byte-level BPE with `vocab_size` tokens (256 bytes + merges) on `text`.
     pub fn train_bpe(text: &str, vocab_size: usize) -> Result<Self> {
         if vocab_size < 257 {
-            return Err(Error::Flag {
-                flag: "--vocab-size",
-                message: format!(
-                    "{vocab_size} is too small for a byte-level BPE (256 byte tokens + merges): \
-                     use at least 257, or --char"
-                ),
-            });
+            return Err(Error::config(
+                "TokenizerKind::Bpe",
+                "vocab_size",
+                vocab_size,
+                "too small for a byte-level BPE (256 byte tokens + merges): use at least 257, or \
+                 a character-level tokenizer (`TokenizerKind::Char`)",
+            ));
         }
         let mut tokenizer = Tokenizer::new(BPE::default());
         tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, false, true)));
@@ -88,7 +108,8 @@ impl TextTokenizer {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| {
             Error::Tokenizer(format!(
-                "cannot read tokenizer {} ({e}): pass an existing tokenizer.json with --tokenizer",
+                "cannot read tokenizer {} ({e}): `TrainOptions::tokenizer_file` must name an \
+                 existing tokenizer.json",
                 path.display()
             ))
         })?;
@@ -102,7 +123,8 @@ impl TextTokenizer {
             .map_err(|e| {
                 Error::Tokenizer(format!(
                     "{} is not a readable tokenizer.json ({e}): pass a file saved by switch-moe or \
-                     Hugging Face tokenizers, or leave out --tokenizer to train one",
+                     Hugging Face tokenizers as `TrainOptions::tokenizer_file`, or leave it out to \
+                     train one",
                     path.display()
                 ))
             })
@@ -120,7 +142,7 @@ impl TextTokenizer {
                 .into_bytes(),
             Self::Char(c) => serde_json::to_vec(c).map_err(|e| fail(e.to_string()))?,
         };
-        crate::train::atomic::write_atomic(path, &json).map_err(|e| fail(e.to_string()))
+        crate::atomic_file::write_atomic(path, &json).map_err(|e| fail(e.to_string()))
     }
 
     /// Number of token ids.

@@ -13,8 +13,14 @@
 //! Each value is weighted by the step's real tokens, so an epoch value is the token-weighted mean
 //! over its batches (burn-train's aggregate of the logged `value,count` lines).
 
+//!
+//! [`RunGuard`] watches a run for a non-finite loss, dead experts and a collapsing router; its
+//! input, [`GuardInput`], is the step's loss beside its [`RoutingStats`](crate::RoutingStats).
+
+mod guard;
 mod routing;
 mod routing_csv;
 
+pub use guard::{Alarm, AlarmKind, Alarms, CollapsePolicy, GuardInput, HealthConfig, RunGuard};
 pub use routing::{RoutingMetric, RoutingMetricKind, routing_metrics};
 pub use routing_csv::{ROUTING_CSV, RoutingCsvMetric};

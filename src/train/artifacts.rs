@@ -10,8 +10,11 @@ use burn::record::{DefaultRecorder, FullPrecisionSettings, NamedMpkBytesRecorder
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
+use super::atomic::CrashSafeRecorder;
 use super::config::TrainingConfig;
+use super::plan::{TrainPlan, TrainSummary};
 use crate::Result as MoeResult;
+use crate::atomic_file::write_atomic;
 use crate::data::TextTokenizer;
 use crate::error::Error;
 use crate::lm::{SwitchLm, SwitchLmConfig};
@@ -67,7 +70,7 @@ impl ArtifactDir {
     }
 
     /// Renames every checkpoint file of epoch `first` or later (`model-<e>.mpk`,
-    /// `optim-<e>.mpk`, …) to `<name>.<suffix>`, so that `--resume` no longer sees it; returns
+    /// `optim-<e>.mpk`, …) to `<name>.<suffix>`, so that a resume no longer sees it; returns
     /// the new names. Errors are skipped: a file left in place is still listed by nothing else.
     pub fn set_aside_from(&self, first: usize, suffix: &str) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(self.checkpoints()) else {
@@ -154,8 +157,8 @@ pub(crate) fn check_start<B: Backend>(
     device: &B::Device,
 ) -> MoeResult<Start> {
     let mut notices = Vec::new();
-    let removed = super::atomic::remove_stale_temporaries(&dir.0)
-        + super::atomic::remove_stale_temporaries(&dir.checkpoints());
+    let removed = crate::atomic_file::remove_stale_temporaries(&dir.0)
+        + crate::atomic_file::remove_stale_temporaries(&dir.checkpoints());
     if removed > 0 {
         notices.push(format!(
             "removed {removed} partial file(s) that a killed run left in {}",
@@ -172,8 +175,8 @@ pub(crate) fn check_start<B: Backend>(
         }
         if !epochs.is_empty() || !same_model(dir, config)? {
             return Err(Error::Checkpoint(format!(
-                "artifact directory {} already holds a run: pass --resume to continue it, or \
-                 choose another --artifact-dir",
+                "artifact directory {} already holds a run: resume it \
+                 (`TrainOptions::resume`), or choose another `TrainOptions::artifact_dir`",
                 dir.0.display()
             )));
         }
@@ -189,15 +192,16 @@ pub(crate) fn check_start<B: Backend>(
     }
     if !dir.config().exists() {
         return Err(Error::Checkpoint(format!(
-            "--resume: {} holds no run (no config.json): train without --resume first, or point \
-             --artifact-dir at an earlier run",
+            "`TrainOptions::resume`: {} holds no run (no config.json): train without resuming \
+             first, or point `TrainOptions::artifact_dir` at an earlier run",
             dir.0.display()
         )));
     }
     if !same_model(dir, config)? {
         return Err(Error::Checkpoint(format!(
-            "--resume: the model settings differ from the run in {} (its config.json): resume \
-             with the same model flags, or start a new --artifact-dir",
+            "`TrainOptions::resume`: the model settings differ from the run in {} (its \
+             config.json): resume with the same model settings, or start a new \
+             `TrainOptions::artifact_dir`",
             dir.0.display()
         )));
     }
@@ -224,8 +228,8 @@ pub(crate) fn check_start<B: Backend>(
         }
     }
     notices.push(format!(
-        "--resume: {} holds no intact checkpoint (the run stopped before its first): starting \
-         it over from its config.json and tokenizer.json",
+        "`TrainOptions::resume`: {} holds no intact checkpoint (the run stopped before its \
+         first): starting it over from its config.json and tokenizer.json",
         dir.0.display()
     ));
     Ok(Start {
@@ -239,7 +243,7 @@ fn same_model(dir: &ArtifactDir, config: &TrainingConfig) -> MoeResult<bool> {
     let saved = TrainingConfig::load(dir.config()).map_err(|e| {
         Error::Checkpoint(format!(
             "cannot read {} ({e}): the artifact directory is damaged; choose another \
-             --artifact-dir",
+             `TrainOptions::artifact_dir`",
             dir.config().display()
         ))
     })?;
@@ -288,7 +292,7 @@ pub(crate) fn load_checked<B: Backend>(
     let mismatch = |detail: String| {
         Error::Checkpoint(format!(
             "checkpoint {} does not fit the model of config.json ({detail}): it comes from a \
-             different configuration; start a new --artifact-dir",
+             different configuration; start a new `TrainOptions::artifact_dir`",
             file.display()
         ))
     };
@@ -366,6 +370,77 @@ pub fn load_trained<B: Backend>(
     let weights = TrainedWeights::find(artifact_dir)?;
     let model = load_checked::<B>(&config.model, &weights.file().with_extension(""), device)?;
     Ok((model, tokenizer, config))
+}
+
+/// `config.json`, `tokenizer.json` and `model.txt` (the model's modules, as burn prints them) of
+/// a fresh run.
+pub(crate) fn write_run_files<B: Backend>(
+    dir: &ArtifactDir,
+    config: &TrainingConfig,
+    tokenizer: &TextTokenizer,
+    model: &SwitchLm<B>,
+) -> MoeResult<()> {
+    std::fs::create_dir_all(&dir.0).map_err(|e| Error::io("cannot create", &dir.0, e))?;
+    // Each written atomically: a kill leaves the old file or the new one, never half of one.
+    write_atomic(&dir.config(), config.to_string().as_bytes())
+        .map_err(|e| Error::io("cannot write", dir.config(), e))?;
+    tokenizer.save(&dir.tokenizer())?;
+    write_atomic(&dir.model_summary(), format!("{model}\n").as_bytes())
+        .map_err(|e| Error::io("cannot write", dir.model_summary(), e))
+}
+
+/// Finds the epochs actually trained (early stopping may end the run before `num_epochs`) and
+/// saves `model.mpk`: the last weights, or with `patience` the best epoch's checkpoint.
+pub(crate) fn save_final_model<B: Backend>(
+    dir: &ArtifactDir,
+    config: &TrainingConfig,
+    plan: &TrainPlan,
+    last_model: SwitchLm<B>,
+    device: &B::Device,
+) -> MoeResult<TrainSummary> {
+    let first_epoch = *plan.epochs.start();
+    let last_epoch = plan
+        .epochs
+        .clone()
+        .take_while(|e| epoch_metric(&dir.0, "valid", *e, "Loss").is_some())
+        .last()
+        .unwrap_or(first_epoch);
+    let epochs = first_epoch..=last_epoch;
+    let valid_loss: Vec<f64> = epochs
+        .clone()
+        .filter_map(|e| epoch_metric(&dir.0, "valid", e, "Loss"))
+        .collect();
+    let best_epoch = epochs
+        .clone()
+        .zip(&valid_loss)
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(e, _)| e);
+    let save_err = |e: burn::record::RecorderError| {
+        Error::Checkpoint(format!("cannot save the model to {}: {e}", dir.0.display()))
+    };
+    let saved_epoch = match best_epoch {
+        Some(best) if config.patience.is_some() && best != last_epoch => {
+            load_checked::<B>(&config.model, &dir.checkpoint_model(best), device)?
+                .save_file(dir.model(), &CrashSafeRecorder::new())
+                .map_err(save_err)?;
+            best
+        }
+        _ => {
+            last_model
+                .save_file(dir.model(), &CrashSafeRecorder::new())
+                .map_err(save_err)?;
+            last_epoch
+        }
+    };
+    Ok(TrainSummary {
+        artifact_dir: dir.0.clone(),
+        epochs,
+        valid_loss,
+        saved_epoch,
+        vocab_size: config.model.vocab_size,
+        num_params: plan.num_params,
+        split_tokens: plan.split_tokens,
+    })
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
-//! Crash-safe checkpoints. [`write_atomic`] (temporary file, fsync, rename) writes every file of
-//! a run; [`CrashSafeRecorder`] gives burn-train's checkpointer the same guarantee: it is the
-//! `FileRecorder` passed to `with_file_checkpointer`, writes the same named-msgpack `.mpk` files
-//! as Burn's `DefaultRecorder` (so either can read what the other wrote), and writes them through
-//! [`write_atomic`].
+//! Crash-safe checkpoints. [`crate::atomic_file::write_atomic`] (temporary file, fsync, rename)
+//! writes every file of a run; [`CrashSafeRecorder`] gives burn-train's checkpointer the same
+//! guarantee: it is the `FileRecorder` passed to `with_file_checkpointer`, writes the same
+//! named-msgpack `.mpk` files as Burn's `DefaultRecorder` (so either can read what the other
+//! wrote), and writes them through `write_atomic`.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,10 +15,16 @@ use burn::train::Interrupter;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use crate::atomic_file::{remove_stale_temporaries, write_atomic};
+use crate::atomic_file::write_atomic;
+
+/// [`crate::atomic_file::write_atomic`], its one home.
+#[deprecated(note = "use switch_moe::atomic_file::write_atomic")]
+pub fn write_atomic_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic(path, bytes)
+}
 
 /// A `FileRecorder` writing Burn's named-msgpack `.mpk` format (full precision, like
-/// `DefaultRecorder`) through [`write_atomic`].
+/// `DefaultRecorder`) through `write_atomic`.
 ///
 /// burn-train's checkpointer thread panics when a save fails (a full disk, say). With
 /// [`on_failure`](Self::on_failure), a failed save instead records its message, stops the run

@@ -1,30 +1,17 @@
-//! What defines a training run: [`TrainingConfig`] (saved as `config.json`) and the
-//! [`TokenizerKind`], with their validation. Errors name the config field
-//! (`TrainingConfig.batch_size`); a program maps fields to its own flags.
+//! What defines a training run: [`TrainingConfig`] (saved as `config.json`), its validation and
+//! the strict reading of config files. Errors name the config field (`TrainingConfig.batch_size`);
+//! a program maps fields to its own flags.
 
 use std::path::Path;
 
 use burn::config::Config;
 
-use super::guard::HealthConfig;
 use super::loader::EpochOrder;
 use crate::Result as MoeResult;
+pub use crate::data::TokenizerKind;
 use crate::error::Error;
 use crate::lm::SwitchLmConfig;
-
-/// How the run gets its tokenizer.
-#[derive(Config, Debug, PartialEq)]
-pub enum TokenizerKind {
-    /// Byte-level BPE trained on the training split.
-    Bpe {
-        /// Vocabulary size (256 bytes + merges).
-        vocab_size: usize,
-    },
-    /// One token per character of the corpus.
-    Char,
-    /// Loaded from a `tokenizer.json` ([`TrainOptions::tokenizer_file`](super::TrainOptions)).
-    File,
-}
+use crate::metrics::HealthConfig;
 
 /// Everything that defines a training run; saved as `config.json` in the artifact directory.
 #[derive(Config, Debug)]
@@ -105,6 +92,7 @@ impl TrainingConfig {
     }
 
     /// Optimiser steps per epoch when the training split holds `windows` windows.
+    #[deprecated(note = "use epoch_plan(windows).steps_per_epoch")]
     pub fn steps_per_epoch(&self, windows: usize) -> usize {
         self.epoch_plan(windows).steps_per_epoch
     }
@@ -212,7 +200,7 @@ impl TrainingConfig {
 
 impl TrainingConfig {
     /// Reads a complete config file — a run's `config.json`, or the output of the train
-    /// program's `--print-config` — strictly: a field that is not a setting (a typo), a value of
+    /// program's print-config output — strictly: a field that is not a setting (a typo), a value of
     /// the wrong type or a missing setting is an [`Error::ConfigFile`] naming the field (and the
     /// closest setting's name, for a typo), where a plain [`Config::load`] would ignore an
     /// unknown field. The values are not [validated](Self::validate) here.

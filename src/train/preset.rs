@@ -1,4 +1,4 @@
-//! Named starting points for a training run, in the library so that a program, its `--help` and a
+//! Named starting points for a training run, in the library so that a program, its help text and a
 //! library user read the same values (as candle names its configs, `Config::v0_1_8x7b()`).
 //!
 //! | | [`Preset::Cpu`] | [`Preset::Gpu`] |

@@ -7,6 +7,7 @@ use burn::train::metric::{Adaptor, ItemLazy};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
 use crate::lm::{LmBatch, LmOutput, SwitchLm};
+use crate::metrics::GuardInput;
 use crate::routing_stats::RoutingStats;
 
 /// A step's losses and routing statistics on the host (read with one transaction).
@@ -42,6 +43,15 @@ impl<B: Backend> ItemLazy for LmOutput<B> {
 impl Adaptor<RoutingStats> for LmStats {
     fn adapt(&self) -> RoutingStats {
         self.routing.clone()
+    }
+}
+
+impl Adaptor<GuardInput> for LmStats {
+    fn adapt(&self) -> GuardInput {
+        GuardInput {
+            loss: self.loss,
+            routing: self.routing.clone(),
+        }
     }
 }
 

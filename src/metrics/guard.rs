@@ -1,12 +1,17 @@
-//! Watching a run: a non-finite loss stops it; an expert that stays dead or a collapsing router
-//! raises a one-line alarm and, with [`CollapsePolicy::Stop`], stops it too.
+//! Watching a run of **any** model with Switch layers: a non-finite loss stops it; an expert that
+//! stays dead or a collapsing router raises a one-line alarm and, with [`CollapsePolicy::Stop`],
+//! stops it too.
 //!
-//! [`RunGuard`] is a burn-train text metric on the training split. The metric thread sees every
-//! step's [`LmStats`]; when something is wrong it records an [`Alarm`] and, for a stop, asks the
-//! Learner's `Interrupter` to end the run. The Learner then leaves the epoch without
-//! checkpointing it, so the newest checkpoint on disk is the last good one; [`train`](super::train)
-//! turns the alarm into an error that names it. The metric thread runs a few steps behind the
-//! training loop, so a stopped run may have taken a few more (discarded) steps.
+//! [`RunGuard`] is a burn-train text metric on the training split. Its input is [`GuardInput`] —
+//! the step's loss and its [`RoutingStats`] — so a model's step output needs one
+//! `Adaptor<GuardInput>` impl beside its `Adaptor<RoutingStats>` (examples/embed.rs does it).
+//! The metric thread sees every step; when something is wrong the guard records an [`Alarm`],
+//! prints a warning line on stderr, and for a stop asks the Learner's `Interrupter` to end the
+//! run. The Learner then leaves the epoch without checkpointing it, so the newest checkpoint on
+//! disk is the last good one; the caller reads [`Alarms::stop`] when the Learner returns (the
+//! language-model trainer turns it into an error that names that checkpoint). The metric thread
+//! runs a few steps behind the training loop, so a stopped run may have taken a few more
+//! (discarded) steps.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +19,18 @@ use burn::config::Config;
 use burn::train::Interrupter;
 use burn::train::metric::{Metric, MetricMetadata, MetricName, SerializedEntry};
 
-use super::step::LmStats;
+use crate::routing_stats::{RoutingStats, collapse_load, is_dead_expert};
+
+/// What the guard reads from a training step (on the host, after the step's one read).
+#[derive(Debug, Clone, Default)]
+pub struct GuardInput {
+    /// The step's training objective (task loss + weighted routing losses): NaN or infinite
+    /// stops the run.
+    pub loss: f64,
+    /// The step's routing: its losses are checked too, its token fractions feed the dead-expert
+    /// and collapse alarms.
+    pub routing: RoutingStats,
+}
 
 /// What a collapse alarm does.
 #[derive(Config, Debug, PartialEq, Eq)]
@@ -46,7 +62,7 @@ pub struct HealthConfig {
 pub enum AlarmKind {
     /// The loss (or one of its parts) was NaN or infinite.
     NonFinite {
-        /// Which value: "loss", "cross-entropy", "load-balancing loss" or "router z-loss".
+        /// Which value: "loss", "load-balancing loss" or "router z-loss".
         what: &'static str,
         /// Its value.
         value: f64,
@@ -198,13 +214,13 @@ impl RunGuard {
 }
 
 impl Metric for RunGuard {
-    type Input = LmStats;
+    type Input = GuardInput;
 
     fn name(&self) -> MetricName {
         self.name.clone()
     }
 
-    fn update(&mut self, item: &LmStats, metadata: &MetricMetadata) -> SerializedEntry {
+    fn update(&mut self, item: &GuardInput, metadata: &MetricMetadata) -> SerializedEntry {
         let mut status = String::from("ok");
         if self.stopped {
             return SerializedEntry::new("stopped".into(), "stopped".into());
@@ -212,7 +228,6 @@ impl Metric for RunGuard {
         let r = &item.routing;
         for (what, value) in [
             ("loss", item.loss),
-            ("cross-entropy", item.cross_entropy),
             ("load-balancing loss", r.aux_loss),
             ("router z-loss", r.z_loss),
         ] {
@@ -232,10 +247,10 @@ impl Metric for RunGuard {
         let threshold = self
             .config
             .max_load_alarm
-            .unwrap_or_else(|| crate::routing_stats::collapse_load(e));
+            .unwrap_or_else(|| collapse_load(e));
         for (l, layer) in r.layers.iter().enumerate() {
             for (x, f) in layer.token_fractions.iter().enumerate() {
-                let dead = crate::routing_stats::is_dead_expert(*f, e);
+                let dead = is_dead_expert(*f, e);
                 self.dead_for[l][x] = if dead { self.dead_for[l][x] + 1 } else { 0 };
                 if !dead {
                     self.reported[l][x] = false;
@@ -270,4 +285,76 @@ impl Metric for RunGuard {
     }
 
     fn clear(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing_stats::LayerRoutingStats;
+
+    fn step(iteration: usize) -> MetricMetadata {
+        let progress = burn::data::dataloader::Progress {
+            items_processed: iteration,
+            items_total: 100,
+        };
+        MetricMetadata {
+            progress,
+            global_progress: burn::data::dataloader::Progress {
+                items_processed: 1,
+                items_total: 1,
+            },
+            iteration: Some(iteration),
+            lr: None,
+        }
+    }
+
+    /// A step of a model with one sparse layer of 4 experts whose token fractions are given.
+    fn input(loss: f64, fractions: [f64; 4]) -> GuardInput {
+        GuardInput {
+            loss,
+            routing: RoutingStats {
+                aux_loss: 1.0,
+                z_loss: 0.1,
+                num_tokens: 100,
+                layers: vec![LayerRoutingStats {
+                    tokens_per_expert: fractions.iter().map(|f| f * 100.0).collect(),
+                    token_fractions: fractions.to_vec(),
+                    ..LayerRoutingStats::default()
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn any_models_steps_raise_the_alarms() {
+        let config = HealthConfig::new().with_dead_expert_steps(3);
+        let alarms = Alarms::default();
+        let mut guard = RunGuard::new(config, Interrupter::new(), alarms.clone());
+        // Expert 3 gets 0.1% (< 1% of its fair 25%) for 3 steps: one dead-expert alarm at step 3.
+        for i in 1..=4 {
+            guard.update(&input(2.0, [0.4, 0.3, 0.299, 0.001]), &step(i));
+        }
+        let all = alarms.all();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(
+            all[0].kind,
+            AlarmKind::DeadExpert {
+                layer: 0,
+                expert: 3,
+                steps: 3
+            }
+        );
+        assert_eq!(all[0].step, 3);
+        // Max load 4 · 0.7 = 2.8 ≥ 2.5 (halfway to collapse): an overload alarm.
+        guard.update(&input(2.0, [0.7, 0.1, 0.1, 0.1]), &step(5));
+        assert!(matches!(alarms.all()[1].kind, AlarmKind::Overload { .. }));
+        assert!(alarms.stop().is_none(), "warnings do not stop the run");
+        // A NaN loss stops it.
+        guard.update(&input(f64::NAN, [0.25; 4]), &step(6));
+        let stop = alarms.stop().expect("a non-finite loss stops the run");
+        assert!(matches!(
+            stop.kind,
+            AlarmKind::NonFinite { what: "loss", .. }
+        ));
+    }
 }
