@@ -222,15 +222,6 @@ impl<B: Backend> DispatchPlan<B> {
         }
     }
 
-    /// Gathers each expert's tokens into its C slots; empty slots hold zeros.
-    ///
-    /// # Shapes
-    /// - x: `[T, d]`
-    /// - output: `[E, C, d]`
-    pub fn dispatch(&self, x: Tensor<B, 2>) -> Tensor<B, 3> {
-        gather_slots(x, self.src_rows.clone(), self.num_experts, self.capacity)
-    }
-
     /// Weights each kept assignment's expert output by its gate and sums a token's k choices.
     /// A dropped assignment or a padding token contributes exactly zero.
     ///
@@ -253,6 +244,44 @@ impl<B: Backend> DispatchPlan<B> {
     }
 }
 
+/// What a routing plan says of the expert buffer `[E, C, d]`: which token fills each slot. Both
+/// plans — token choice ([`DispatchPlan`]) and expert choice
+/// ([`ExpertChoicePlan`](crate::ExpertChoicePlan)) — fill it the same way, by
+/// [`dispatch`](Self::dispatch).
+pub trait SlotPlan<B: Backend> {
+    /// Experts E.
+    fn num_experts(&self) -> usize;
+    /// Slots per expert C.
+    fn capacity(&self) -> usize;
+    /// For each buffer row e·C + c: 1 + the token that fills it, 0 for an empty slot `[E·C]`.
+    fn src_rows(&self) -> Tensor<B, 1, Int>;
+
+    /// Gathers each expert's tokens into its C slots; empty slots hold zeros.
+    ///
+    /// # Shapes
+    /// - x: `[T, d]`
+    /// - output: `[E, C, d]`
+    fn dispatch(&self, x: Tensor<B, 2>) -> Tensor<B, 3> {
+        let [_, d] = x.dims();
+        let zero = Tensor::<B, 2>::zeros([1, d], (&x.device(), x.dtype())); // [1, d]
+        Tensor::cat(vec![zero, x], 0) // [1 + T, d]; row 0 serves empty slots
+            .select(0, self.src_rows()) // [E·C, d]
+            .reshape([self.num_experts(), self.capacity(), d])
+    }
+}
+
+impl<B: Backend> SlotPlan<B> for DispatchPlan<B> {
+    fn num_experts(&self) -> usize {
+        self.num_experts
+    }
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+    fn src_rows(&self) -> Tensor<B, 1, Int> {
+        self.src_rows.clone()
+    }
+}
+
 /// The column indices of the `c` largest values of each row, for `c` < the number of columns.
 ///
 /// `argtopk` where the backend has it (LibTorch, CubeCL, Fusion); burn-ndarray 0.21 leaves
@@ -264,29 +293,11 @@ impl<B: Backend> DispatchPlan<B> {
 /// - output: `[R, c]`
 pub(crate) fn top_columns<B: Backend>(values: Tensor<B, 2>, c: usize) -> Tensor<B, 2, Int> {
     let [rows, _] = values.dims();
-    if B::name(&values.device()).contains("ndarray") {
+    if crate::backend_caps::is_ndarray::<B>() {
         values.argsort_descending(1).slice([0..rows, 0..c]) // [R, c]
     } else {
         values.argtopk(c, 1) // [R, c]
     }
-}
-
-/// Gathers token rows into expert slots; slot rows holding 0 get zeros.
-///
-/// # Shapes
-/// - x: `[T, d]`; src_rows: `[E·C]`, 1 + the token of each slot (0: empty)
-/// - output: `[E, C, d]`
-pub(crate) fn gather_slots<B: Backend>(
-    x: Tensor<B, 2>,
-    src_rows: Tensor<B, 1, Int>,
-    num_experts: usize,
-    capacity: usize,
-) -> Tensor<B, 3> {
-    let [_, d] = x.dims();
-    let zero = Tensor::<B, 2>::zeros([1, d], (&x.device(), x.dtype())); // [1, d]
-    Tensor::cat(vec![zero, x], 0) // [1 + T, d]; row 0 serves empty slots
-        .select(0, src_rows) // [E·C, d]
-        .reshape([num_experts, capacity, d])
 }
 
 /// The assignments of T tokens with k choices, in choice-major order, and the capacity.

@@ -22,7 +22,7 @@
 
 use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, backend::Backend};
 
-use crate::dispatch::{gather_slots, top_columns};
+use crate::dispatch::{SlotPlan, top_columns};
 
 /// Where every expert's C slots come from, and their gates.
 #[derive(Debug, Clone)]
@@ -44,6 +44,18 @@ pub struct ExpertChoicePlan<B: Backend> {
     pub preferred_expert: Tensor<B, 1, Int>,
     /// Experts that took each token `[T]`, 0..E (0 for padding).
     pub experts_per_token: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> SlotPlan<B> for ExpertChoicePlan<B> {
+    fn num_experts(&self) -> usize {
+        self.num_experts
+    }
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+    fn src_rows(&self) -> Tensor<B, 1, Int> {
+        self.src_rows.clone()
+    }
 }
 
 impl<B: Backend> ExpertChoicePlan<B> {
@@ -110,15 +122,6 @@ impl<B: Backend> ExpertChoicePlan<B> {
             preferred_expert,
             experts_per_token: taken,
         }
-    }
-
-    /// Gathers each expert's tokens into its C slots; empty slots hold zeros.
-    ///
-    /// # Shapes
-    /// - x: `[T, d]`
-    /// - output: `[E, C, d]`
-    pub fn dispatch(&self, x: Tensor<B, 2>) -> Tensor<B, 3> {
-        gather_slots(x, self.src_rows.clone(), self.num_experts, self.capacity)
     }
 
     /// Sums each token's gate-weighted expert outputs; a token no expert took gets exact zero.

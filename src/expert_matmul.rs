@@ -48,11 +48,7 @@ pub fn has_transpose_free_backward<B: Backend>() -> bool {
     if !ENABLED.load(Ordering::Relaxed) {
         return false;
     }
-    #[cfg(feature = "ndarray")]
-    if core::any::TypeId::of::<B>() == core::any::TypeId::of::<Autodiff<burn_ndarray::NdArray>>() {
-        return true;
-    }
-    false
+    crate::backend_caps::is_autodiff_ndarray::<B>()
 }
 
 /// `x·W` for stacked expert operands: [`transpose_free_matmul`] where it pays — on the backends
@@ -82,7 +78,7 @@ pub fn expert_matmul<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 3>) -> Tensor<B, 
 #[cfg(feature = "ndarray")]
 fn via_ndarray<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 3>) -> Tensor<B, 3> {
     use core::any::Any;
-    type Nd = Autodiff<burn_ndarray::NdArray>;
+    type Nd = crate::backend_caps::AutodiffNdArray;
     fn cast<From: 'static, To: 'static>(t: From) -> To {
         *(Box::new(t) as Box<dyn Any>)
             .downcast::<To>()

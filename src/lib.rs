@@ -38,6 +38,7 @@ pub mod atomic_file;
     feature = "cuda"
 ))]
 pub mod backend;
+mod backend_caps;
 #[cfg(all(
     feature = "train",
     any(
@@ -80,7 +81,7 @@ pub mod train;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use dispatch::{Capacity, DispatchPlan, DropPolicy};
+pub use dispatch::{Capacity, DispatchPlan, DropPolicy, SlotPlan};
 pub use encoder::{
     EncoderBlock, SwitchEncoder, SwitchEncoderAutoregressiveCache, SwitchEncoderConfig,
     SwitchEncoderInput,

@@ -8,7 +8,7 @@ use burn::nn::activation::ActivationConfig;
 use burn::nn::{DropoutConfig, Linear, SwiGluConfig};
 use burn::tensor::{Bool, DType, FloatDType, Tensor, backend::Backend};
 
-use crate::dispatch::{Capacity, DispatchPlan, DropPolicy, expert_capacity};
+use crate::dispatch::{Capacity, DispatchPlan, DropPolicy, SlotPlan, expert_capacity};
 use crate::error::{Error, check};
 use crate::expert_choice::ExpertChoicePlan;
 use crate::experts::{ExpertActivation, Experts};
@@ -445,7 +445,9 @@ impl<B: Backend> SwitchFeedForward<B> {
         let real = mask_pad.map(|m| m.reshape([t]).bool_not()); // [T]
         let capacity = self.capacity(t, training);
 
-        let (mut y, stats) = match self.routing {
+        // Each routing mode: its expert outputs combined `[T, d]`, the router's logits and
+        // probabilities `[T, E]` (f32), and what its plan counted; the stats come from those.
+        let (mut y, logits, probs, counts) = match self.routing {
             RoutingMode::TokenChoice => {
                 let routing = self.router.forward(tokens.clone());
                 let plan = match self.drop_policy {
@@ -470,15 +472,8 @@ impl<B: Backend> SwitchFeedForward<B> {
                     let counts = plan.assignment_counts.clone().float(); // [E]
                     self.router.update_expert_bias(counts);
                 }
-                let stats = MoeStats::new(
-                    routing.logits,
-                    routing.probs,
-                    RoutingCounts::from(&plan),
-                    self.router.expert_bias(),
-                    real.clone(),
-                    model_dtype,
-                );
-                (y, stats)
+                let counts = RoutingCounts::from(&plan);
+                (y, routing.logits, routing.probs, counts)
             }
             RoutingMode::ExpertChoice => {
                 let (logits, _, probs) = self.router.scores(tokens.clone());
@@ -489,21 +484,66 @@ impl<B: Backend> SwitchFeedForward<B> {
                 let expert_out = self.experts.forward(plan.dispatch(tokens.clone())); // [E, C, d]
                 let gates = plan.gates.clone().cast(model_dtype); // [E·C]
                 let y = plan.combine(expert_out, gates, t); // [T, d]
-                let stats = MoeStats::new(
-                    logits,
-                    probs,
-                    RoutingCounts::from(&plan),
-                    self.router.expert_bias(),
-                    real.clone(),
-                    model_dtype,
-                );
-                (y, stats)
+                (y, logits, probs, RoutingCounts::from(&plan))
             }
         };
+        let stats = MoeStats::new(
+            logits,
+            probs,
+            counts,
+            self.router.expert_bias(),
+            real.clone(),
+            model_dtype,
+        );
         if let Some(shared) = &self.shared {
             let real = real.map(|r| r.float().cast(model_dtype).reshape([t, 1])); // [T, 1]
             y = y + shared.forward(tokens, real); // [T, d]
         }
         (y.reshape([batch, seq, d]), stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::TestBackend;
+
+    #[test]
+    fn printing_shows_the_routing_options() {
+        let device = Default::default();
+        let moe: SwitchFeedForward<TestBackend> = SwitchFeedForwardConfig::new(8, 16, 4)
+            .with_router_score(RouterScore::Sigmoid)
+            .with_num_shared_experts(1)
+            .with_expert_bias_rate(1e-3)
+            .init(&device);
+        let text = moe.to_string();
+        for needle in [
+            "score: Sigmoid",
+            "shared_experts: 1",
+            "expert_bias_rate: 0.001",
+            "routing: TokenChoice",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn capacity_rounds_up_and_stays_within_the_tokens() {
+        let device = Default::default();
+        let moe: SwitchFeedForward<TestBackend> = SwitchFeedForwardConfig::new(4, 8, 4)
+            .with_top_k(2)
+            .with_capacity_factor(1.25)
+            .with_eval_capacity_factor(2.0)
+            .init(&device);
+        // ⌈1.25 · 10 · 2 / 4⌉ = ⌈6.25⌉ = 7 in training; ⌈2 · 10 · 2 / 4⌉ = 10 in inference.
+        assert_eq!(moe.capacity(10, true), Capacity::Fixed(7));
+        assert_eq!(moe.capacity(10, false), Capacity::Fixed(10));
+        // Never more than T (a token picks distinct experts), never less than 1.
+        assert_eq!(moe.capacity(3, false), Capacity::Fixed(3));
+        assert_eq!(crate::dispatch::expert_capacity(1, 1, 64, 0.5), 1);
+        let dropless = SwitchFeedForwardConfig::new(4, 8, 4)
+            .with_dropless(true)
+            .init::<TestBackend>(&device);
+        assert_eq!(dropless.capacity(10, true), Capacity::Dropless);
     }
 }
