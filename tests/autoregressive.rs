@@ -231,3 +231,32 @@ fn generate_is_greedy_decoding_under_the_context_rule() {
     }
     assert_eq!(text, tokenizer.decode(&ids).unwrap());
 }
+
+#[test]
+fn sampling_at_batch_one_drops_nothing_even_with_a_collapsed_router() {
+    // Every sparse layer's selection bias sends all tokens to expert 0; with the eval capacity
+    // factor 1.0, C = ⌈16/4⌉ = 4 of a 16-token window fit, so the plain forward drops 12 of 16.
+    let device = device();
+    let encoder = SwitchEncoderConfig::new(16, 32, 2, 2, 4)
+        .with_norm_first(true)
+        .map_moe(|m| m.with_expert_bias_rate(1e-3).with_eval_capacity_factor(1.0));
+    let mut model: switch_moe::SwitchLm<B> = SwitchLmConfig::new(20, 16, encoder).init(&device);
+    for layer in model.encoder.layers.iter_mut() {
+        if let switch_moe::EncoderBlock::Sparse(l) = layer {
+            let skew = Tensor::<B, 1>::from_floats([10.0, 0.0, 0.0, 0.0], &device);
+            l.moe.router.expert_bias = Some(burn::module::RunningState::new(skew));
+        }
+    }
+    let window = burn::tensor::Tensor::<B, 2, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new((0..16).map(|i| i % 20).collect::<Vec<i64>>(), [1, 16]),
+        &device,
+    );
+    let (_, stats) = model.forward(window.clone());
+    assert_eq!(host(stats[0].dropped_fraction.clone()), vec![0.75]);
+    // What `generate` samples from: the dropless copy.
+    let (_, stats) = model.dropless().forward(window);
+    for s in stats {
+        assert_eq!(host(s.dropped_fraction), vec![0.0]);
+        assert_eq!(host(s.tokens_per_expert), vec![16.0, 0.0, 0.0, 0.0]);
+    }
+}

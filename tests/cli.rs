@@ -430,3 +430,129 @@ fn resume_errors_and_existing_runs_are_not_overwritten() {
     let text = text.strip_suffix('\n').expect("println adds one newline");
     assert_eq!(text.chars().count(), 5 + 30, "{text:?}");
 }
+
+/// `train --print-config` with `args`: the resolved config, parsed independently as JSON.
+fn printed_config(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(example("train"))
+        .args(args)
+        .arg("--print-config")
+        .output()
+        .expect("the train example is built by cargo test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[test]
+fn every_setting_has_a_flag_that_reaches_the_config() {
+    let base = printed_config(&["--preset", "cpu"]);
+    let help = help("train");
+    // (flag, value, JSON pointer of the field, the value expected there)
+    let cases: [(&str, &str, &str, serde_json::Value); 12] = [
+        (
+            "--dropout",
+            "0.3",
+            "/model/encoder/layer/dropout",
+            0.3.into(),
+        ),
+        (
+            "--expert-dropout",
+            "0.4",
+            "/model/encoder/layer/moe/expert_dropout",
+            0.4.into(),
+        ),
+        ("--weight-decay", "0.05", "/weight_decay", 0.05.into()),
+        ("--warmup-steps", "7", "/warmup_steps", 7.into()),
+        ("--min-lr-ratio", "0.2", "/min_lr_ratio", 0.2.into()),
+        ("--grad-clip", "0.5", "/grad_clip", 0.5.into()),
+        (
+            "--activation",
+            "gelu",
+            "/model/encoder/layer/moe/activation",
+            "Gelu".into(),
+        ),
+        (
+            "--norm",
+            "post",
+            "/model/encoder/layer/norm_first",
+            false.into(),
+        ),
+        ("--moe-every", "1", "/model/encoder/moe_every", 1.into()),
+        (
+            "--experts",
+            "1",
+            "/model/encoder/layer/moe/num_experts",
+            1.into(),
+        ),
+        ("--valid-fraction", "0.2", "/valid_fraction", 0.2.into()),
+        ("--lr", "0.004", "/lr", 0.004.into()),
+    ];
+    for (flag, value, pointer, expected) in cases {
+        assert!(help.contains(flag), "{flag} is not in --help");
+        let config = printed_config(&["--preset", "cpu", flag, value]);
+        assert_eq!(config.pointer(pointer), Some(&expected), "{flag} {value}");
+        assert_ne!(
+            base.pointer(pointer),
+            Some(&expected),
+            "{flag}: the preset already has it"
+        );
+    }
+    let tied = printed_config(&["--preset", "cpu", "--tie-embeddings"]);
+    assert_eq!(tied.pointer("/model/tie_embeddings"), Some(&true.into()));
+    // The groups of --help.
+    for heading in ["Data:", "Model:", "Routing:", "Optimisation:", "Run:"] {
+        assert!(help.contains(heading), "no {heading} group in --help");
+    }
+}
+
+#[test]
+fn a_runs_config_file_reproduces_its_settings_and_typos_are_named() {
+    let dir = scratch_in("cli-tests", "config-file");
+    let data = file_with(
+        &dir,
+        "corpus.txt",
+        "O Romeo, Romeo! wherefore art thou Romeo?\n"
+            .repeat(60)
+            .as_bytes(),
+    );
+    let run = quick_run(&dir.join("run"), &data, 16);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let file = run.join("config.json");
+    let file = file.to_str().unwrap();
+    assert_eq!(
+        printed_config(&["--config", file]),
+        saved,
+        "the run's own settings"
+    );
+    // A flag replaces one field of the file.
+    let mut expected = saved.clone();
+    expected["max_steps"] = 10.into();
+    assert_eq!(
+        printed_config(&["--config", file, "--max-steps", "10"]),
+        expected
+    );
+
+    // A hand-written file over the preset, and one with a typo.
+    let partial = file_with(&dir, "partial.json", br#"{"lr": 0.01, "batch_size": 8}"#);
+    let config = printed_config(&["--preset", "cpu", "--config", partial.to_str().unwrap()]);
+    assert_eq!(
+        (config["lr"].as_f64(), config["batch_size"].as_u64()),
+        (Some(0.01), Some(8))
+    );
+    assert_eq!(config["model"]["encoder"]["n_layers"], 4, "the preset's");
+    let typo = file_with(
+        &dir,
+        "typo.json",
+        br#"{"model": {"encoder": {"n_layer": 3}}}"#,
+    );
+    let stderr = train_fails(
+        &["--config", typo.to_str().unwrap()],
+        &["model.encoder.n_layer", "did you mean `n_layers`"],
+    );
+    assert!(stderr.contains("typo.json"), "{stderr}");
+}

@@ -1,7 +1,11 @@
-//! Config validation: each bad value is named with its field and value, and `init` panics with
-//! the same message.
+//! Config validation: each bad value is named with its field and value, `init` panics with the
+//! same message, combinations that cannot work are refused (expert choice in a causal LM), and
+//! the parameter count a config predicts is the built model's.
 
-use switch_moe::{Error, SwitchEncoderConfig, SwitchEncoderLayerConfig, SwitchFeedForwardConfig};
+use switch_moe::{
+    Error, RoutingMode, SwitchEncoderConfig, SwitchEncoderLayerConfig, SwitchFeedForwardConfig,
+    SwitchLmConfig,
+};
 
 fn field_and_value(result: switch_moe::Result<()>) -> (String, String, String) {
     match result {
@@ -118,26 +122,6 @@ fn init_panics_with_the_validate_message() {
 }
 
 #[test]
-fn printing_a_layer_shows_the_moe_settings_and_parameter_count() {
-    let device = Default::default();
-    let layer = SwitchEncoderLayerConfig::new(8, 16, 2, 4)
-        .map_moe(|m| m.with_top_k(2).with_capacity_factor(1.5))
-        .init::<switch_moe::backend::TestBackend>(&device);
-    let text = layer.to_string();
-    // Router 8·4 + experts 2·4·8·16 = 32 + 1024 parameters in the MoE block.
-    for needle in [
-        "num_experts: 4",
-        "top_k: 2",
-        "capacity_factor: 1.5",
-        "eval_capacity_factor: 2",
-        "dropless: false",
-        "params: 1056",
-    ] {
-        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
-    }
-}
-
-#[test]
 fn lm_parameter_count_from_the_config_matches_the_built_model() {
     use burn::module::Module;
     let device = Default::default();
@@ -162,4 +146,32 @@ fn lm_parameter_count_from_the_config_matches_the_built_model() {
         let model = config.init::<switch_moe::backend::TestBackend>(&device);
         assert_eq!(config.num_params(), model.num_params());
     }
+}
+
+#[test]
+fn the_causal_lm_refuses_expert_choice() {
+    let encoder = SwitchEncoderConfig::new(16, 32, 2, 2, 4)
+        .map_moe(|m| m.with_routing(RoutingMode::ExpertChoice));
+    assert!(
+        encoder.validate().is_ok(),
+        "a bidirectional encoder may use it"
+    );
+    let err = SwitchLmConfig::new(10, 8, encoder)
+        .validate()
+        .expect_err("the LM must refuse expert choice")
+        .to_string();
+    for needle in ["routing", "ExpertChoice", "future", "token choice"] {
+        assert!(err.contains(needle), "{needle:?} missing: {err}");
+    }
+}
+
+#[test]
+fn invalid_option_combinations_name_the_field() {
+    let base = || SwitchFeedForwardConfig::new(8, 16, 4);
+    let msg = |c: SwitchFeedForwardConfig| c.validate().expect_err("invalid").to_string();
+    assert!(msg(base().with_expert_bias_rate(-1.0)).contains("expert_bias_rate"));
+    assert!(msg(base().with_shared_gate(true)).contains("shared_gate"));
+    let ec = || base().with_routing(RoutingMode::ExpertChoice);
+    assert!(msg(ec().with_expert_bias_rate(1e-3)).contains("expert_bias_rate"));
+    assert!(msg(ec().with_dropless(true)).contains("dropless"));
 }

@@ -1,11 +1,12 @@
-//! Gradients: the router learns through the gates, idle experts get nothing, and the router
-//! gradient agrees with finite differences.
+//! Gradients: the router learns through the gates, idle experts get nothing, the router gradient
+//! agrees with finite differences (softmax and sigmoid scores, the shared-expert gate), and the
+//! experts' transpose-free backward agrees with a per-expert reference.
 
 mod common;
 
 use burn::module::{AutodiffModule, Param};
 use common::*;
-use switch_moe::SwitchFeedForward;
+use switch_moe::{RouterScore, SwitchFeedForward};
 
 #[test]
 fn router_gets_gradients_and_idle_experts_get_zero() {
@@ -278,4 +279,123 @@ fn transpose_free_matmul_matches_burns_matmul() {
         let diff = max_abs_diff(&got, &want);
         assert!(diff <= 1e-5, "{what} differs from Burn's matmul by {diff}");
     }
+}
+
+/// Central differences of <output, proj> against autodiff, for one parameter tensor chosen by
+/// `param` (get, set). Routing must not flip within ±h: `margin_ok` checks the chosen inputs.
+fn check_gradient(
+    moe: SwitchFeedForward<AB>,
+    x_host: Vec<f32>,
+    shape: [usize; 3],
+    get: impl Fn(
+        &SwitchFeedForward<AB>,
+        &<AB as burn::tensor::backend::AutodiffBackend>::Gradients,
+    ) -> Vec<f32>,
+    values: impl Fn(&SwitchFeedForward<B>) -> Vec<f32>,
+    set: impl Fn(&mut SwitchFeedForward<B>, Vec<f32>),
+) {
+    let device = device();
+    let n = shape.iter().product();
+    let proj_host = Rng::new(77).normals(n, 1.0);
+    let (y, _) = moe.forward(tensor::<AB, 3>(x_host.clone(), shape, &device), None);
+    let grads = (y * tensor::<AB, 3>(proj_host.clone(), shape, &device))
+        .sum()
+        .backward();
+    let analytic = get(&moe, &grads);
+    let inner = moe.valid();
+    let w0 = values(&inner);
+    let h = 1e-3f32;
+    let objective = |w: Vec<f32>| -> f64 {
+        let mut m = inner.clone();
+        set(&mut m, w);
+        let (y, _) = m.forward(tensor(x_host.clone(), shape, &device), None);
+        host((y * tensor::<B, 3>(proj_host.clone(), shape, &device)).sum())[0] as f64
+    };
+    for i in 0..w0.len() {
+        let mut plus = w0.clone();
+        plus[i] += h;
+        let mut minus = w0.clone();
+        minus[i] -= h;
+        let numeric = (objective(plus) - objective(minus)) / (2.0 * h as f64);
+        let a = analytic[i] as f64;
+        assert!(
+            (numeric - a).abs() <= 2e-3 + 2e-2 * a.abs(),
+            "weight {i}: analytic {a}, numeric {numeric}"
+        );
+    }
+    assert!(analytic.iter().any(|v| v.abs() > 1e-4), "a gradient flows");
+}
+
+#[test]
+fn sigmoid_router_gradient_matches_finite_differences() {
+    let device = device();
+    let (d, e, t) = (3, 3, 4);
+    // Top-2 so that the normalised sigmoid gates carry a gradient (top-1 sigmoid gates do too:
+    // the raw score). Inputs and weights from the host generator, margins checked below.
+    let mut moe: SwitchFeedForward<AB> = no_drop_config(d, 5, e)
+        .with_top_k(2)
+        .with_router_score(RouterScore::Sigmoid)
+        .init(&device);
+    let mut rng = Rng::new(11);
+    let x_host = rng.normals(t * d, 1.0);
+    let router = rng.normals(d * e, 1.0);
+    moe.router.gate.weight = Param::from_tensor(tensor(router.clone(), [d, e], &device));
+    for tok in 0..t {
+        let xt = &x_host[tok * d..(tok + 1) * d];
+        let mut logits: Vec<f32> = (0..e)
+            .map(|j| (0..d).map(|i| xt[i] * router[i * e + j]).sum())
+            .collect();
+        logits.sort_by(|a, b| b.partial_cmp(a).unwrap());
+        let max_x = xt.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // The 2nd and 3rd logits must not swap within ±h (sigmoid is monotone).
+        assert!(
+            logits[1] - logits[2] > 2.0 * 1e-3 * max_x,
+            "token {tok}: margin"
+        );
+    }
+    check_gradient(
+        moe,
+        x_host,
+        [1, t, d],
+        |m, g| host(m.router.gate.weight.grad(g).expect("router grad")),
+        |m| host(m.router.gate.weight.val()),
+        |m, w| m.router.gate.weight = Param::from_tensor(tensor(w, [d, e], &device)),
+    );
+}
+
+#[test]
+fn shared_gate_gradient_matches_finite_differences() {
+    let device = device();
+    let (d, e, t) = (3, 2, 4);
+    let moe: SwitchFeedForward<AB> = no_drop_config(d, 5, e)
+        .with_num_shared_experts(2)
+        .with_shared_gate(true)
+        .init(&device);
+    let x_host = Rng::new(12).normals(t * d, 1.0);
+    let gate = |m: &SwitchFeedForward<B>| {
+        host(
+            m.shared
+                .as_ref()
+                .unwrap()
+                .gate
+                .as_ref()
+                .unwrap()
+                .weight
+                .val(),
+        )
+    };
+    check_gradient(
+        moe,
+        x_host,
+        [1, t, d],
+        |m, g| {
+            let w = &m.shared.as_ref().unwrap().gate.as_ref().unwrap().weight;
+            host(w.grad(g).expect("gate grad"))
+        },
+        gate,
+        |m, w| {
+            let shared = m.shared.as_mut().unwrap();
+            shared.gate.as_mut().unwrap().weight = Param::from_tensor(tensor(w, [d, 1], &device));
+        },
+    );
 }
