@@ -112,3 +112,33 @@ impl<B: Backend> Experts<B> {
         y
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::TestBackend as B;
+    use burn::tensor::TensorData;
+
+    fn t3(v: Vec<f32>, shape: [usize; 3]) -> Tensor<B, 3> {
+        Tensor::from_data(TensorData::new(v, shape), &Default::default())
+    }
+
+    #[test]
+    fn each_expert_runs_its_own_ffn_by_hand() {
+        // E = 2, d = 2, f = 2, C = 1; ReLU, no dropout. Expert 0: W₁ = I, W₂ = 2·I; expert 1:
+        // W₁ = −I, W₂ = I. Input x = (1, −3) in both slots.
+        let mut experts = crate::SwitchFeedForwardConfig::new(2, 2, 2)
+            .with_expert_dropout(0.0)
+            .init_experts::<B>(&Default::default());
+        experts.w_in = Param::from_tensor(t3(vec![1., 0., 0., 1., -1., 0., 0., -1.], [2, 2, 2]));
+        experts.w_out = Param::from_tensor(t3(vec![2., 0., 0., 2., 1., 0., 0., 1.], [2, 2, 2]));
+        let y: Vec<f32> = experts
+            .forward(t3(vec![1., -3., 1., -3.], [2, 1, 2]))
+            .into_data()
+            .to_vec()
+            .unwrap();
+        // Expert 0: relu(1, −3) = (1, 0), ×2 = (2, 0). Expert 1: relu(−1, 3) = (0, 3).
+        assert_eq!(y, vec![2., 0., 0., 3.]);
+        assert!(!ExpertActivation::Relu.is_gated() && ExpertActivation::SwiGlu.is_gated());
+    }
+}

@@ -440,3 +440,50 @@ fn per_position<B: Backend>(
         None => f(input),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::TestBackend;
+
+    #[test]
+    fn printing_a_layer_shows_the_moe_settings_and_parameter_count() {
+        let device = Default::default();
+        let layer = SwitchEncoderLayerConfig::new(8, 16, 2, 4)
+            .map_moe(|m| m.with_top_k(2).with_capacity_factor(1.5))
+            .init::<TestBackend>(&device);
+        let text = layer.to_string();
+        // Router 8·4 + experts 2·4·8·16 = 32 + 1024 parameters in the MoE block.
+        for needle in [
+            "num_experts: 4",
+            "top_k: 2",
+            "capacity_factor: 1.5",
+            "eval_capacity_factor: 2",
+            "dropless: false",
+            "params: 1056",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn norm_placement_changes_where_the_residual_is_normalised() {
+        // Pre- and post-norm layers with the same weights differ (the norm sits elsewhere), and
+        // both keep the input's shape.
+        let device = Default::default();
+        let config = SwitchEncoderLayerConfig::new(8, 16, 2, 2).with_dropout(0.0);
+        let post: SwitchEncoderLayer<TestBackend> = config.clone().init(&device);
+        let mut pre = post.clone();
+        pre.norm_first = true;
+        let x = Tensor::<TestBackend, 3>::random(
+            [2, 3, 8],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let (a, _) = post.forward(x.clone(), None, None);
+        let (b, _) = pre.forward(x, None, None);
+        assert_eq!(a.dims(), [2, 3, 8]);
+        let diff: f32 = (a - b).abs().max().into_scalar();
+        assert!(diff > 1e-4, "pre- and post-norm agree: {diff}");
+    }
+}

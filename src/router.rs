@@ -227,3 +227,54 @@ fn top_k_ids<B: Backend>(values: Tensor<B, 2>, k: usize, num_experts: usize) -> 
     }
     Tensor::cat(ids, 1) // [T, k]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::TestBackend as B;
+    use burn::tensor::TensorData;
+
+    fn ids(values: Vec<f32>, t: usize, e: usize, k: usize) -> Vec<i64> {
+        let device = Default::default();
+        let v = Tensor::<B, 2>::from_data(TensorData::new(values, [t, e]), &device);
+        top_k_ids(v, k, e)
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap()
+    }
+
+    #[test]
+    fn top_k_is_best_first_and_ties_go_to_the_lower_expert() {
+        // Row 0: a clear order 2 > 0 > 1 > 3. Row 1: experts 1 and 3 tie for first, 0 and 2 for
+        // third: the lower index wins each tie.
+        let values = vec![0.3, 0.1, 0.5, 0.05, 0.2, 0.4, 0.0, 0.4];
+        assert_eq!(ids(values.clone(), 2, 4, 3), vec![2, 0, 1, 1, 3, 0]);
+        assert_eq!(ids(values, 2, 4, 1), vec![2, 1]);
+        // All equal: experts in index order.
+        assert_eq!(ids(vec![0.25; 4], 1, 4, 4), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn sigmoid_gates_are_the_chosen_scores_normalised() {
+        let device = Default::default();
+        let router: Router<B> = crate::SwitchFeedForwardConfig::new(2, 4, 3)
+            .with_top_k(2)
+            .with_jitter(0.0)
+            .with_router_score(RouterScore::Sigmoid)
+            .init_router(&device);
+        let mut router = router;
+        // Identity-like weights: logits = (x0, x1, 0).
+        let w = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 0., 0., 0., 1., 0.], [2, 3]), &device);
+        router.gate.weight = burn::module::Param::from_tensor(w);
+        let x = Tensor::<B, 2>::from_data(TensorData::new(vec![2.0f32, -1.0], [1, 2]), &device);
+        let routing = router.forward(x);
+        // σ(2) = 0.8808, σ(0) = 0.5, σ(−1) = 0.2689: experts 0 then 2; gates 0.8808/1.3808, 0.5/1.3808.
+        let gates: Vec<f32> = routing.gates.into_data().to_vec().unwrap();
+        let ids: Vec<i64> = routing.expert_ids.into_data().convert::<i64>().to_vec().unwrap();
+        assert_eq!(ids, vec![0, 2]);
+        let (s2, s0) = (1.0 / (1.0 + (-2.0f64).exp()), 0.5);
+        assert!((gates[0] as f64 - s2 / (s2 + s0)).abs() < 1e-6, "{gates:?}");
+        assert!((gates[1] as f64 - s0 / (s2 + s0)).abs() < 1e-6, "{gates:?}");
+    }
+}

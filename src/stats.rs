@@ -338,3 +338,35 @@ pub fn log_sum_exp<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let max = x.clone().detach().max_dim(1); // [T, 1]
     (x - max.clone()).exp().sum_dim(1).log() + max // [T, 1]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::TestBackend as B;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn log_sum_exp_is_exact_and_stable_for_large_logits() {
+        let device = Default::default();
+        let x = Tensor::<B, 2>::from_data(
+            TensorData::new(vec![0.0f32, 0.0, 1000.0, 1000.0, -5.0, 2.0], [3, 2]),
+            &device,
+        );
+        let lse: Vec<f32> = log_sum_exp(x).into_data().to_vec().unwrap();
+        // ln 2; 1000 + ln 2 (a naive exp overflows f32); ln(e⁻⁵ + e²) = 2.000911.
+        let expected = [2f64.ln(), 1000.0 + 2f64.ln(), ((-5f64).exp() + 2f64.exp()).ln()];
+        for (got, want) in lse.iter().zip(expected) {
+            assert!((*got as f64 - want).abs() < 1e-4, "{lse:?} vs {expected:?}");
+        }
+    }
+
+    #[test]
+    fn loss_weights_are_the_papers() {
+        assert_eq!(MoeLossWeights::default(), MoeLossWeights { aux: 0.01, z: 0.001 });
+        let device = Default::default();
+        let one = Tensor::<B, 1>::from_floats([1.0], &device);
+        let two = Tensor::<B, 1>::from_floats([2.0], &device);
+        let total: f32 = MoeLossWeights::PAPER.apply(one, two).into_scalar();
+        assert!((total - 0.012).abs() < 1e-7);
+    }
+}
