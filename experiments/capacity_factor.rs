@@ -10,7 +10,7 @@
 //!   cargo run --release --features experiments --example capacity_factor
 //! ```
 
-mod common;
+use switch_moe::lab as common;
 
 use clap::Parser;
 use common::cli::{CommonArgs, fail, load_char_corpus};

@@ -16,7 +16,7 @@
 //!   cargo run --release --features experiments --example degradation
 //! ```
 
-mod common;
+use switch_moe::lab as common;
 
 use clap::Parser;
 use common::cli::{CommonArgs, Scale, fail, load_char_corpus};

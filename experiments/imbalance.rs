@@ -27,7 +27,7 @@
 //!     enc-mixed/bias,enc-mixed/aux+bias,enc-mixed/ec,enc-homog/aux,enc-homog/ec
 //! ```
 
-mod common;
+use switch_moe::lab as common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -96,7 +96,8 @@ fn main() {
     let corpus = load_multidomain(args.common.data.as_deref());
     let device = default_device();
     let (d, f, layers, seq, batch, _) = args.common.scale.standard_size();
-    let steps = args.common.steps.unwrap_or(500);
+    // 600 steps: the budget R2.2 reports.
+    let steps = args.common.steps.unwrap_or(600);
     let seeds = args.common.seeds_or(&[1, 2, 3]);
     let arms = select_arms(args.arms.as_deref(), &ARMS, &ARMS[..DEFAULT_ARMS]);
     if args.replot {
@@ -418,7 +419,7 @@ fn report(out: &Path, footer: &str) {
          factor 1.25), both layers. NMI between first-choice (expert choice: most probable) \
          expert and domain on {} test tokens per domain (natural: three domains; 95/5 arms: \
          rust and shakespeare). {footer}\n",
-        common::run::PROBE_TOKENS,
+        common::eval::PROBE_TOKENS,
     );
     println!("{summary}");
     std::fs::write(out.join("summary.md"), summary).unwrap_or_else(|e| fail(&e.to_string()));

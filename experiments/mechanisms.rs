@@ -27,7 +27,7 @@
 //! cargo run --release --features experiments,tch --example mechanisms
 //! ```
 
-mod common;
+use switch_moe::lab as common;
 
 use std::io::Write;
 use std::path::Path;
@@ -35,10 +35,9 @@ use std::path::Path;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Parser;
 use common::cli::{CommonArgs, Corpus, DomainSplits, fail, load_char_corpus, select_arms};
+use common::eval::{batch, evaluate_all, read_first_choices};
 use common::plot::{self, Series};
-use common::run::{
-    RunLog, base_spec, batch, evaluate_all, lm_config, read_first_choices, train_run_with,
-};
+use common::run::{RunLog, base_spec, lm_config, train_run_with};
 use switch_moe::backend::{SelectedAutodiff, default_device};
 use switch_moe::{EncoderBlock, RoutingStats, SwitchLm};
 
@@ -245,7 +244,7 @@ fn run_arm<B: AutodiffBackend>(
     let mut last_firsts: Option<Vec<Vec<i64>>> = None;
     let sparse = arm.experts > 1;
     let spec_ref = spec.clone();
-    let mut hook = |step: usize, model: &SwitchLm<B::InnerBackend>| {
+    let mut hook = |step: usize, _valid: f64, model: &SwitchLm<B::InnerBackend>| {
         let test_ce = evaluate_all(model, test, &spec_ref, device);
         let mut single_rows = Vec::new();
         if sparse {

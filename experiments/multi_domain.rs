@@ -21,7 +21,7 @@
 //! cargo run --release --features experiments,tch --example multi_domain    # LIBTORCH as in README
 //! ```
 
-mod common;
+use switch_moe::lab as common;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -53,12 +53,22 @@ const ARMS: [&str; 7] = [
     "shared-E8",
 ];
 
-/// Test cross-entropy over all domains, token-weighted.
+/// Test cross-entropy over all domains, token-weighted, at the eval capacity factor (round 2's
+/// measure).
 fn test_all(log: &RunLog) -> f64 {
+    weighted(log, |d| d.test_ce)
+}
+
+/// The same, dropless (round 3's primary measure).
+fn test_all_dropless(log: &RunLog) -> f64 {
+    weighted(log, |d| d.test_ce_dropless)
+}
+
+fn weighted(log: &RunLog, value: fn(&switch_moe::lab::run::DomainEval) -> f64) -> f64 {
     let tokens: usize = log.final_eval.iter().map(|d| d.tokens).sum();
     log.final_eval
         .iter()
-        .map(|d| d.test_ce * d.tokens as f64)
+        .map(|d| value(d) * d.tokens as f64)
         .sum::<f64>()
         / tokens.max(1) as f64
 }
@@ -70,7 +80,8 @@ fn main() {
     let corpus = load_multidomain(args.common.data.as_deref());
     let device = default_device();
     let (d, f, layers, seq, batch, _) = args.common.scale.standard_size();
-    let steps = args.common.steps.unwrap_or(1200);
+    // 800 steps: the budget R2.1 and R3.1 report.
+    let steps = args.common.steps.unwrap_or(800);
     let seeds = args.common.seeds_or(&[1, 2, 3]);
     let arms = select_arms(args.arms.as_deref(), &ARMS, &ARMS);
 
@@ -114,13 +125,14 @@ fn main() {
 /// `final.csv`: one row per (arm, seed, domain) with the test cross-entropy; rewritten after
 /// every run, so an interrupted study keeps what it finished.
 fn write_final(out: &Path, logs: &[(String, u64, RunLog)]) {
-    let mut csv = String::from("arm,seed,domain,test_ce,tokens,params,tokens_per_s\n");
+    let mut csv =
+        String::from("arm,seed,domain,test_ce,tokens,params,tokens_per_s,test_ce_dropless\n");
     for (arm, seed, log) in logs {
         for d in &log.final_eval {
             let _ = writeln!(
                 csv,
-                "{arm},{seed},{},{:.5},{},{},{:.0}",
-                d.name, d.test_ce, d.tokens, log.num_params, log.tokens_per_s
+                "{arm},{seed},{},{:.5},{},{},{:.0},{:.5}",
+                d.name, d.test_ce, d.tokens, log.num_params, log.tokens_per_s, d.test_ce_dropless
             );
         }
     }
@@ -205,14 +217,14 @@ fn summarize(
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| arm | params | test CE, all (mean) | {} | paired Δ vs dense (95% CI) | beats dense? | steps to dense's pre-cooldown loss | tokens/s |",
+        "| arm | params | test CE, all (mean) | all, dropless | {} | paired Δ vs dense (95% CI) | beats dense? | dropless Δ vs dense | steps to dense's pre-cooldown loss | tokens/s |",
         domains
             .iter()
             .map(|d| format!("test {d}"))
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    let _ = writeln!(table, "|{}", "---|".repeat(7 + domains.len()));
+    let _ = writeln!(table, "|{}", "---|".repeat(9 + domains.len()));
     let constant_until = logs
         .first()
         .map_or(steps, |(_, _, l)| l.spec.constant_until());
@@ -230,6 +242,20 @@ fn summarize(
             continue;
         }
         let mean_all = runs.iter().map(|r| test_all(r)).sum::<f64>() / runs.len() as f64;
+        let mean_dropless =
+            runs.iter().map(|r| test_all_dropless(r)).sum::<f64>() / runs.len() as f64;
+        let dropless_diffs: Vec<f64> = seeds
+            .iter()
+            .filter_map(|&s| {
+                Some(test_all_dropless(run(arm, s)?) - test_all_dropless(run("dense", s)?))
+            })
+            .collect();
+        let dropless_delta = if arm == "dense" || dropless_diffs.is_empty() {
+            "—".to_string()
+        } else {
+            let (m, h) = paired(&dropless_diffs);
+            format!("{m:+.4} ± {h:.4}")
+        };
         let per_domain: Vec<String> = domains
             .iter()
             .map(|name| {
@@ -275,7 +301,7 @@ fn summarize(
         let tps = runs.iter().map(|r| r.tokens_per_s).sum::<f64>() / runs.len() as f64;
         let _ = writeln!(
             table,
-            "| {arm} | {:.2} M | {mean_all:.4} | {} | {delta} | {ci} | {} | {tps:.0} |",
+            "| {arm} | {:.2} M | {mean_all:.4} | {mean_dropless:.4} | {} | {delta} | {ci} | {dropless_delta} | {} | {tps:.0} |",
             runs[0].num_params as f64 / 1e6,
             per_domain.join(" | "),
             reach.unwrap_or_else(|| "—".into()),

@@ -17,7 +17,7 @@
 //!   cargo run --release --features experiments --example stability
 //! ```
 
-mod common;
+use switch_moe::lab as common;
 
 use clap::Parser;
 use common::cli::{CommonArgs, fail, load_char_corpus};

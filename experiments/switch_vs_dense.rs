@@ -11,7 +11,7 @@
 //!   cargo run --release --features experiments --example switch_vs_dense
 //! ```
 
-mod common;
+use switch_moe::lab as common;
 
 use clap::Parser;
 use common::cli::{CommonArgs, fail, load_char_corpus};

@@ -413,7 +413,11 @@ mod tests {
     fn every_moe_every_th_layer_is_sparse() {
         let every_other = SwitchEncoderConfig::new(8, 16, 2, 6, 4);
         let sparse: Vec<usize> = (0..6).filter(|i| every_other.is_sparse(*i)).collect();
-        assert_eq!(sparse, vec![1, 3, 5], "the paper's every other FFN, from the second");
+        assert_eq!(
+            sparse,
+            vec![1, 3, 5],
+            "the paper's every other FFN, from the second"
+        );
         let all = SwitchEncoderConfig::new(8, 16, 2, 3, 4).with_moe_every(1);
         assert!((0..3).all(|i| all.is_sparse(i)));
         let last = SwitchEncoderConfig::new(8, 16, 2, 3, 4).with_moe_every(3);
@@ -421,6 +425,9 @@ mod tests {
         // The dense layers take dense_d_ff when set.
         let wide = SwitchEncoderConfig::new(8, 16, 2, 2, 4).with_dense_d_ff(Some(64));
         assert_eq!(wide.dense_config().d_ff, 64);
-        assert_eq!(SwitchEncoderConfig::new(8, 16, 2, 2, 4).dense_config().d_ff, 16);
+        assert_eq!(
+            SwitchEncoderConfig::new(8, 16, 2, 2, 4).dense_config().d_ff,
+            16
+        );
     }
 }

@@ -60,22 +60,7 @@ pub fn generate<B: Backend>(
     config: &SamplingConfig,
     device: &B::Device,
 ) -> Result<String> {
-    if !(config.temperature.is_finite() && config.temperature > 0.0) {
-        return Err(Error::config(
-            "SamplingConfig",
-            "temperature",
-            config.temperature,
-            "must be a positive number",
-        ));
-    }
-    if config.top_k == Some(0) {
-        return Err(Error::config(
-            "SamplingConfig",
-            "top_k",
-            "Some(0)",
-            "must be at least 1 (None samples from every token)",
-        ));
-    }
+    check(config)?;
     let mut tokens = tokenizer.encode(prompt)?;
     if tokens.is_empty() {
         // An empty prompt starts from the first token of the vocabulary order: a newline or space
@@ -88,6 +73,31 @@ pub fn generate<B: Backend>(
                 .unwrap_or(0),
         );
     }
+    let tokens = generate_ids(model, &tokens, config, device)?;
+    tokenizer.decode(&tokens)
+}
+
+/// Continues the token ids `prompt` (at least one) by `config.length` sampled ids and returns
+/// prompt + continuation: [`generate`] without a tokenizer (same decoding, same context rule).
+///
+/// # Errors
+/// An invalid `config` (temperature ≤ 0, top-k of 0) or an empty prompt, as [`Error::Config`].
+pub fn generate_ids<B: Backend>(
+    model: &SwitchLm<B>,
+    prompt: &[u32],
+    config: &SamplingConfig,
+    device: &B::Device,
+) -> Result<Vec<u32>> {
+    check(config)?;
+    if prompt.is_empty() {
+        return Err(Error::config(
+            "generate_ids",
+            "prompt",
+            "[]",
+            "needs at least one token to continue",
+        ));
+    }
+    let mut tokens = prompt.to_vec();
     // Read every parameter before copying: a clone of a lazy (never used) burn-nn parameter
     // would draw new random weights instead of sharing the model's.
     model.visit(&mut Materialize);
@@ -114,7 +124,28 @@ pub fn generate<B: Backend>(
             .map_err(|e| Error::Data(format!("cannot read logits: {e:?}")))?;
         tokens.push(sample(&last, config, &mut rng) as u32);
     }
-    tokenizer.decode(&tokens)
+    Ok(tokens)
+}
+
+/// Refuses settings that cannot sample: a temperature ≤ 0 or a top-k of 0.
+fn check(config: &SamplingConfig) -> Result<()> {
+    if !(config.temperature.is_finite() && config.temperature > 0.0) {
+        return Err(Error::config(
+            "SamplingConfig",
+            "temperature",
+            config.temperature,
+            "must be a positive number",
+        ));
+    }
+    if config.top_k == Some(0) {
+        return Err(Error::config(
+            "SamplingConfig",
+            "top_k",
+            "Some(0)",
+            "must be at least 1 (None samples from every token)",
+        ));
+    }
+    Ok(())
 }
 
 /// Initialises every lazy parameter in place (reading it is enough).

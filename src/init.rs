@@ -76,9 +76,19 @@ impl HostRng {
         z ^ (z >> 31)
     }
 
-    /// Uniform in (0, 1].
+    /// Uniform in (0, 1] (safe to take a logarithm of).
     pub fn uniform(&mut self) -> f64 {
         ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [0, 1): `unit() < p` has probability p exactly (a multiple of 2⁻⁵³).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A uniform index below `n` (n ≥ 1; modulo bias < n / 2⁶⁴).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 
     /// A unit normal (Box–Muller, one of the pair).

@@ -62,6 +62,8 @@ pub mod generate;
 #[cfg(feature = "hf")]
 pub mod hf;
 pub mod init;
+#[cfg(feature = "experiments")]
+pub mod lab;
 pub mod layer;
 pub mod lm;
 #[cfg(feature = "metrics")]

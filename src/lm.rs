@@ -17,6 +17,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 
 use crate::encoder::{
@@ -209,6 +210,21 @@ impl<B: Backend> SwitchLm<B> {
         (self.logits(x), stats) // [B, S, V]
     }
 
+    /// Logits with **bidirectional** attention (no causal mask): every position sees the whole
+    /// window, as a masked-token objective needs. Expert-choice layers are sound here.
+    ///
+    /// # Shapes
+    /// - tokens: `[B, S]`, S ≤ max_seq_len
+    /// - output: logits `[B, S, V]`
+    pub fn forward_bidirectional(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+    ) -> (Tensor<B, 3>, Vec<MoeStats<B>>) {
+        let (x, _) = self.embed(tokens); // [B, S, d]
+        let (x, stats) = self.encoder.forward(SwitchEncoderInput::new(x));
+        (self.logits(x), stats)
+    }
+
     /// An empty cache for [`forward_autoregressive_inference`](Self::forward_autoregressive_inference).
     pub fn new_autoregressive_cache(&self) -> SwitchEncoderAutoregressiveCache<B> {
         self.encoder.new_autoregressive_cache()
@@ -301,6 +317,20 @@ impl<B: Backend> SwitchLm<B> {
             aux: self.aux_coef,
             z: self.z_coef,
         }
+    }
+
+    /// The cross-entropy of each target token, nats: what the mean training loss averages,
+    /// per position, so that a caller can attribute it (to a window's domain, say).
+    ///
+    /// # Shapes
+    /// - logits: `[B, S, V]`; targets: `[B, S]`
+    /// - output: `[B, S]`
+    pub fn token_nll(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let [b, s, v] = logits.dims();
+        let logp = log_softmax(logits.reshape([b * s, v]), 1); // [B·S, V]
+        logp.gather(1, targets.reshape([b * s, 1])) // [B·S, 1]
+            .reshape([b, s])
+            .neg()
     }
 
     /// The training objective of a batch: ce + α·mean aux + β·mean z.

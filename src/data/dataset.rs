@@ -9,8 +9,9 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use crate::lm::LmBatch;
 
 /// Splits a token stream into a training head and a validation tail, contiguous, so that the
-/// validation text is unseen.
-#[deprecated(note = "runs split the text before tokenizing it: use data::split_text")]
+/// validation text is unseen: the last `round(len · valid_fraction)` tokens. For corpora that are
+/// already token ids (the experiments' character and byte corpora); a training run splits the
+/// text before it trains its tokenizer ([`split_text`](super::split_text)).
 pub fn split_tokens(tokens: &[u32], valid_fraction: f64) -> (Vec<u32>, Vec<u32>) {
     let valid = ((tokens.len() as f64) * valid_fraction).round() as usize;
     let cut = tokens.len() - valid.min(tokens.len());

@@ -9,8 +9,6 @@ pub use corpus::{
     DATA_ENV, TINY_SHAKESPEARE_SHA256, TINY_SHAKESPEARE_URL, default_cache_dir, download_verified,
     load_corpus, read_text_path,
 };
-#[allow(deprecated)]
-pub use dataset::split_tokens;
-pub use dataset::{LmBatcher, TokenWindows};
+pub use dataset::{LmBatcher, TokenWindows, split_tokens};
 pub use prepare::{TokenizerSource, encode_splits, split_text};
 pub use tokenizer::{CharTokenizer, TextTokenizer, TokenizerKind};

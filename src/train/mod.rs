@@ -33,5 +33,5 @@ pub use plan::{TrainOptions, TrainPlan, TrainSummary};
 pub use preset::Preset;
 pub use renderer::PlainRenderer;
 pub use run::{train, train_data_parallel, train_with_plan};
-pub use schedule::WarmupCosineLr;
+pub use schedule::{WarmupCosineLr, WarmupStableDecayLr};
 pub use step::LmStats;

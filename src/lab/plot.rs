@@ -1,7 +1,7 @@
-//! The library's plots ([`switch_moe::report::plot`]) and the routing panels of an experiment's
+//! The library's plots ([`crate::report::plot`]) and the routing panels of an experiment's
 //! run log.
 
-pub use switch_moe::report::plot::*;
+pub use crate::report::plot::*;
 
 /// Routing panels of a run: one per sparse layer.
 pub fn routing_panels(log: &super::run::RunLog, label: &str) -> Vec<Panel> {

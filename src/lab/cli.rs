@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use switch_moe::data::{TextTokenizer, load_corpus};
+use crate::data::{TextTokenizer, load_corpus};
 
 /// Common flags of the experiment programs.
 #[derive(clap::Args, Debug, Clone)]
@@ -155,7 +155,7 @@ pub fn load_char_corpus(args: &CommonArgs, max_chars: Option<usize>) -> Corpus {
     let ids = tokenizer
         .encode(&text)
         .unwrap_or_else(|e| fail(&e.to_string()));
-    let (train, valid) = switch_moe::data::split_tokens(&ids, 0.1);
+    let (train, valid) = crate::data::split_tokens(&ids, 0.1);
     eprintln!(
         "corpus {}: {} chars, vocab {}, {} train / {} valid tokens",
         path.display(),

@@ -6,22 +6,20 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use burn::data::dataloader::batcher::Batcher;
+use crate::init::HostRng;
+use crate::train::{WarmupCosineLr, WarmupStableDecayLr};
+use crate::{EncoderBlock, RoutingMode, RoutingStats, SwitchLm, SwitchLmConfig};
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, Module, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::activation::log_softmax;
+use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
-use switch_moe::data::LmBatcher;
-use switch_moe::init::HostRng;
-use switch_moe::train::WarmupCosineLr;
-use switch_moe::{
-    CombinedMoeStats, EncoderBlock, LmBatch, LmOutput, MoeStats, RoutingMode, RoutingStats,
-    SwitchEncoderInput, SwitchLm, SwitchLmConfig,
-};
 
 use super::cli::Corpus;
+use super::eval::{
+    ByteCounts, DomainCounts, evaluate, evaluate_all, evaluate_mixed, objective_step,
+    probe_routing, to_f64,
+};
 
 /// Everything that defines a run besides the corpus.
 #[derive(Debug, Clone)]
@@ -73,6 +71,9 @@ pub struct RunSpec {
     /// `Some(s)`: after step s every router stops learning (its parameters leave the graph);
     /// the experts and the rest of the model go on.
     pub freeze_router_at: Option<usize>,
+    /// Also measure each domain's test cross-entropy at the eval capacity factor in
+    /// domain-mixed batches ([`DomainEval::test_ce_mixed`]; multi-domain corpora only).
+    pub eval_mixed: bool,
 }
 
 /// Re-draws every weight matrix from the paper's truncated normal (see [`RunSpec::init_all`]).
@@ -104,7 +105,7 @@ impl<B: Backend> burn::module::ModuleMapper<B> for ScaledInit<'_, B> {
         param.map(|w| {
             // Linear weights are [in, out]; expert weights [E, in, out]: fan-in is dims[D − 2].
             let dims = w.dims();
-            let init = switch_moe::init::truncated_normal::<B, D>(dims, scale, dims[D - 2], device);
+            let init = crate::init::truncated_normal::<B, D>(dims, scale, dims[D - 2], device);
             let init = init.cast(w.dtype());
             if w.is_require_grad() {
                 init.require_grad()
@@ -154,22 +155,13 @@ impl Mixture {
 }
 
 impl RunSpec {
-    /// The learning rate at `step` (1-based).
+    /// The learning rate at `step` (1-based): the library's schedules.
     pub fn lr_at(&self, step: usize) -> f64 {
         match self.cooldown {
             None => WarmupCosineLr::new(self.lr, self.lr * 0.1, self.warmup_steps, self.steps)
                 .lr_at(step),
             Some(c) => {
-                let warm = self.warmup_steps.max(1);
-                let cool = ((self.steps as f64 * c).round() as usize).max(1);
-                let start = self.steps.saturating_sub(cool);
-                if step <= warm {
-                    self.lr * step as f64 / warm as f64
-                } else if step > start {
-                    self.lr * (self.steps - step) as f64 / cool as f64
-                } else {
-                    self.lr
-                }
+                WarmupStableDecayLr::new(self.lr, self.warmup_steps, c, self.steps).lr_at(step)
             }
         }
     }
@@ -177,9 +169,9 @@ impl RunSpec {
     /// The last step before the cooldown (the whole run without one).
     pub fn constant_until(&self) -> usize {
         match self.cooldown {
-            Some(c) => self
-                .steps
-                .saturating_sub(((self.steps as f64 * c).round() as usize).max(1)),
+            Some(c) => {
+                WarmupStableDecayLr::new(self.lr, self.warmup_steps, c, self.steps).stable_until()
+            }
             None => self.steps,
         }
     }
@@ -190,8 +182,13 @@ impl RunSpec {
 pub struct DomainEval {
     /// The domain.
     pub name: String,
-    /// Cross-entropy on the whole test split (nats per token).
+    /// Cross-entropy on the whole test split (nats per token) at the eval capacity factor, in
+    /// batches of this domain alone (round 2's measure).
     pub test_ce: f64,
+    /// The same without capacity limits (dropless): what the model knows, whatever the batch.
+    pub test_ce_dropless: f64,
+    /// At the eval capacity factor in domain-mixed batches ([`RunSpec::eval_mixed`]).
+    pub test_ce_mixed: Option<f64>,
     /// Tokens evaluated.
     pub tokens: usize,
 }
@@ -258,11 +255,10 @@ pub struct RunLog {
     pub domain_drops: Vec<(usize, f64, f64)>,
     /// First-choice counts `[layer][domain][expert]` of the trained model in eval mode on the
     /// first `PROBE_TOKENS` tokens of each domain's test split (multi-domain corpora only).
-    pub domain_routing: Vec<Vec<Vec<f64>>>,
+    pub domain_routing: DomainCounts,
+    /// The same per current input byte, `[layer][byte][domain][expert]`.
+    pub byte_routing: ByteCounts,
 }
-
-/// Tokens per domain in the end-of-run routing probe.
-pub const PROBE_TOKENS: usize = 32_768;
 
 impl RunLog {
     /// The last validation loss.
@@ -323,90 +319,6 @@ impl RunLog {
     }
 }
 
-/// A batch of the windows of `seq + 1` tokens starting at `starts`, through the library's batcher.
-pub fn batch<B: Backend>(
-    tokens: &[u32],
-    starts: &[usize],
-    seq: usize,
-    device: &B::Device,
-) -> LmBatch<B> {
-    let windows = starts
-        .iter()
-        .map(|&s| tokens[s..s + seq + 1].to_vec())
-        .collect();
-    LmBatcher.batch(windows, device)
-}
-
-/// One forward pass of `spec`'s objective over the windows at `starts`. For the masked
-/// objective `salt` picks the masks (training: fresh per step; evaluation: 0, the same masks at
-/// every evaluation).
-fn objective_step<B: Backend>(
-    model: &SwitchLm<B>,
-    spec: &RunSpec,
-    tokens: &[u32],
-    starts: &[usize],
-    salt: u64,
-    device: &B::Device,
-) -> LmOutput<B> {
-    let seq = spec.model.max_seq_len;
-    let Objective::Masked { rate } = spec.objective else {
-        return model.forward_step(batch::<B>(tokens, starts, seq, device));
-    };
-    let mask_id = (spec.model.vocab_size - 1) as i64;
-    let (mut inputs, mut targets, mut scored) = (Vec::new(), Vec::new(), Vec::new());
-    for &start in starts {
-        let mut rng = HostRng::new(salt ^ (start as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        for &t in &tokens[start..start + seq] {
-            let masked = unit_draw(&mut rng) < rate;
-            inputs.push(if masked { mask_id } else { t as i64 });
-            targets.push(t as i64);
-            scored.push(if masked { 1.0f32 } else { 0.0 });
-        }
-    }
-    let b = starts.len();
-    let int = |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [b, seq]), device);
-    let inputs = int(inputs);
-    let targets = int(targets).reshape([b * seq, 1]);
-    let scored = Tensor::<B, 1>::from_data(TensorData::new(scored, [b * seq]), device);
-
-    let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, device)
-        .reshape([1, seq])
-        .repeat_dim(0, b); // [B, S]
-    let x = model.token_embedding.forward(inputs) + model.position_embedding.forward(positions);
-    let (h, stats) = model.encoder.forward(SwitchEncoderInput::new(x)); // no mask: bidirectional
-    let logits = model.logits(h); // [B, S, V]
-    let vocab = logits.dims()[2];
-    let logp = log_softmax(logits.reshape([b * seq, vocab]), 1).gather(1, targets); // [B·S, 1]
-    let count = scored.clone().sum().clamp_min(1.0); // [1]
-    let ce = (logp.reshape([b * seq]) * scored).sum().neg() / count; // [1], masked positions only
-    let moe = MoeStats::combine(stats);
-    let loss = ce.clone() + moe.weighted_loss(model.loss_weights());
-    LmOutput {
-        loss,
-        cross_entropy: ce,
-        moe,
-        num_tokens: b * seq,
-    }
-}
-
-/// Uniform in [0, 1) from the library's host generator: `u < p` has probability p (the
-/// generator's own `uniform` is (0, 1], for logarithms).
-fn unit_draw(rng: &mut HostRng) -> f64 {
-    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// A uniform index below `n` from the library's host generator.
-fn below(rng: &mut HostRng, n: usize) -> usize {
-    (rng.next_u64() % n as u64) as usize
-}
-
-fn to_f64<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    t.into_data()
-        .convert::<f64>()
-        .to_vec()
-        .expect("host copy of a float tensor")
-}
-
 /// The expert weight parameters (w_in, w_out, w_up and biases) of every sparse layer.
 fn expert_param_ids<B: Backend>(model: &SwitchLm<B>) -> Vec<ParamId> {
     let mut ids = Vec::new();
@@ -442,67 +354,22 @@ fn expert_norms<B: Backend>(model: &SwitchLm<B>) -> Vec<f64> {
         .collect()
 }
 
-/// Mean validation cross-entropy over the fixed windows.
-fn evaluate<B: Backend>(
-    model: &SwitchLm<B>,
-    corpus: &Corpus,
-    spec: &RunSpec,
-    device: &B::Device,
-) -> f64 {
-    let seq = spec.model.max_seq_len;
-    let n = spec.eval_windows.min((corpus.valid.len() - 1) / seq).max(1);
-    let stride = (corpus.valid.len() - seq - 1) / n.max(1);
-    let starts: Vec<usize> = (0..n).map(|i| i * stride).collect();
-    mean_ce(model, spec, &corpus.valid, &starts, spec.batch_size, device)
-}
-
-/// Cross-entropy over every token of `tokens` that has a full window: non-overlapping windows
-/// of the model's length, each token predicted once; the token-weighted mean.
-pub fn evaluate_all<B: Backend>(
-    model: &SwitchLm<B>,
-    tokens: &[u32],
-    spec: &RunSpec,
-    device: &B::Device,
-) -> f64 {
-    let seq = spec.model.max_seq_len;
-    let n = (tokens.len().saturating_sub(1)) / seq;
-    let starts: Vec<usize> = (0..n).map(|i| i * seq).collect();
-    mean_ce(model, spec, tokens, &starts, spec.batch_size * 4, device)
-}
-
-/// Mean cross-entropy of the windows of `seq` tokens at `starts`, in batches of `batch`.
-fn mean_ce<B: Backend>(
-    model: &SwitchLm<B>,
-    spec: &RunSpec,
-    tokens: &[u32],
-    starts: &[usize],
-    batch_size: usize,
-    device: &B::Device,
-) -> f64 {
-    let mut total = 0.0;
-    for chunk in starts.chunks(batch_size) {
-        let out = objective_step(model, spec, tokens, chunk, 0, device);
-        total += to_f64(out.cross_entropy)[0] * chunk.len() as f64;
-    }
-    total / starts.len().max(1) as f64
-}
-
 /// The batch's window starts in `corpus.train`, and each window's domain (0 without a mixture).
 fn draw_windows(spec: &RunSpec, corpus: &Corpus, rng: &mut HostRng) -> (Vec<usize>, Vec<usize>) {
     let seq = spec.model.max_seq_len;
     let Some(mixture) = &spec.mixture else {
         let starts = (0..spec.batch_size)
-            .map(|_| below(rng, corpus.train.len() - seq - 1))
+            .map(|_| rng.below(corpus.train.len() - seq - 1))
             .collect();
         return (starts, vec![0; spec.batch_size]);
     };
-    let batch_domain = mixture.pick(unit_draw(rng));
+    let batch_domain = mixture.pick(rng.unit());
     let labels: Vec<usize> = (0..spec.batch_size)
         .map(|_| {
             if mixture.homogeneous {
                 batch_domain
             } else {
-                mixture.pick(unit_draw(rng))
+                mixture.pick(rng.unit())
             }
         })
         .collect();
@@ -510,53 +377,10 @@ fn draw_windows(spec: &RunSpec, corpus: &Corpus, rng: &mut HostRng) -> (Vec<usiz
         .iter()
         .map(|&d| {
             let range = &corpus.domains[d].train;
-            range.start + below(rng, range.len() - seq - 1)
+            range.start + rng.below(range.len() - seq - 1)
         })
         .collect();
     (starts, labels)
-}
-
-/// First-choice counts `[layer][domain][expert]` in eval mode on the first [`PROBE_TOKENS`]
-/// tokens of each domain's test split, in domain-homogeneous batches: each token's first choice
-/// before capacity (token choice) or its most probable expert (expert choice, where the tokens an
-/// expert takes are equal by construction), so batch composition does not matter.
-fn probe_routing<B: Backend>(
-    model: &SwitchLm<B>,
-    corpus: &Corpus,
-    spec: &RunSpec,
-    device: &B::Device,
-) -> Vec<Vec<Vec<f64>>> {
-    let seq = spec.model.max_seq_len;
-    let mut counts: Vec<Vec<Vec<f64>>> = Vec::new();
-    for (d, domain) in corpus.domains.iter().enumerate() {
-        let n = (PROBE_TOKENS / seq).min((domain.test.len() - 1) / seq);
-        let starts: Vec<usize> = (0..n).map(|i| i * seq).collect();
-        for chunk in starts.chunks(spec.batch_size * 4) {
-            let out = objective_step(model, spec, &domain.test, chunk, 0, device);
-            let experts = out.moe.layers[0].num_experts();
-            let (_, firsts) = read_first_choices(&out.moe);
-            if counts.is_empty() {
-                counts = vec![vec![vec![0.0; experts]; corpus.domains.len()]; firsts.len()];
-            }
-            for (l, layer) in firsts.iter().enumerate() {
-                for e in layer {
-                    counts[l][d][*e as usize] += 1.0;
-                }
-            }
-        }
-    }
-    counts
-}
-
-/// The step's routing statistics and, per sparse layer, each token's first-choice expert
-/// (`MoeStats::token_expert` as host values), read in one transaction.
-pub fn read_first_choices<B: Backend>(moe: &CombinedMoeStats<B>) -> (RoutingStats, Vec<Vec<f64>>) {
-    let firsts = moe
-        .layers
-        .iter()
-        .map(|l| l.token_expert.clone().float())
-        .collect();
-    RoutingStats::read_with(moe, firsts)
 }
 
 /// Trains `spec` on `corpus` and records it. Progress goes to stderr, one line per validation.
@@ -565,17 +389,12 @@ pub fn train_run<B: AutodiffBackend>(
     corpus: &Corpus,
     device: &B::Device,
 ) -> RunLog {
-    train_run_with::<B>(spec, corpus, device, &mut |_, _| {})
+    train_run_with::<B>(spec, corpus, device, &mut |_, _, _| {})
 }
 
-/// [`train_run`], calling `on_eval(step, model)` at every validation point (after the
-/// validation loss) with the model in evaluation mode, for measurements a program adds.
-pub fn train_run_with<B: AutodiffBackend>(
-    spec: &RunSpec,
-    corpus: &Corpus,
-    device: &B::Device,
-    on_eval: &mut dyn FnMut(usize, &SwitchLm<B::InnerBackend>),
-) -> RunLog {
+/// The model of `spec`, with its experiment-only changes (every weight re-drawn, expert choice,
+/// the sparse FFNs removed).
+fn build_model<B: AutodiffBackend>(spec: &RunSpec, device: &B::Device) -> SwitchLm<B> {
     B::seed(device, spec.seed);
     let mut model: SwitchLm<B> = spec.model.init(device);
     if let Some(scale) = spec.init_all {
@@ -585,94 +404,182 @@ pub fn train_run_with<B: AutodiffBackend>(
             device,
         });
     }
-    if spec.expert_choice {
-        for layer in model.encoder.layers.iter_mut() {
-            if let EncoderBlock::Sparse(l) = layer {
-                l.moe.routing = RoutingMode::ExpertChoice;
-            }
+    for layer in model.encoder.layers.iter_mut() {
+        let EncoderBlock::Sparse(l) = layer else {
+            continue;
+        };
+        if spec.expert_choice {
+            l.moe.routing = RoutingMode::ExpertChoice;
+        }
+        if spec.remove_sparse_ffn {
+            let w = l.moe.experts.w_out.val();
+            l.moe.experts.w_out = Param::from_tensor(w.zeros_like());
+            l.moe.experts = l.moe.experts.clone().no_grad();
         }
     }
-    if spec.remove_sparse_ffn {
-        for layer in model.encoder.layers.iter_mut() {
-            if let EncoderBlock::Sparse(l) = layer {
-                let w = l.moe.experts.w_out.val();
-                l.moe.experts.w_out = Param::from_tensor(w.zeros_like());
-                l.moe.experts = l.moe.experts.clone().no_grad();
-            }
+    model
+}
+
+/// What a run accumulates between validation points and over the whole run.
+struct Recorder {
+    acc: Accumulator,
+    route_acc: Vec<Vec<f64>>,
+    route_n: usize,
+    routing: Vec<RoutingRow>,
+    peak_load: f64,
+    /// Per domain: (tokens routed, tokens no expert processed).
+    domain_drops: Vec<(f64, f64)>,
+}
+
+impl Recorder {
+    fn new(domains: usize) -> Self {
+        Self {
+            acc: Accumulator::default(),
+            route_acc: Vec::new(),
+            route_n: 0,
+            routing: Vec::new(),
+            peak_load: 0.0,
+            domain_drops: vec![(0.0, 0.0); domains.max(1)],
         }
     }
+
+    /// Adds a training step: its cross-entropy and routing, and (with a mixture) each window's
+    /// tokens that no expert processed, counted for the window's domain.
+    fn step(
+        &mut self,
+        ce: f64,
+        stats: &RoutingStats,
+        used: &[Vec<f64>],
+        labels: &[usize],
+        seq: usize,
+    ) {
+        for used in used {
+            for (w, label) in labels.iter().enumerate() {
+                let tokens = &used[w * seq..(w + 1) * seq];
+                let row = &mut self.domain_drops[*label];
+                row.0 += seq as f64;
+                row.1 += tokens.iter().filter(|u| **u == 0.0).count() as f64;
+            }
+        }
+        let loads = stats.layers.iter().map(|l| l.max_expert_load());
+        self.peak_load = loads.fold(self.peak_load, f64::max);
+        self.acc.add(
+            ce,
+            stats.aux_loss,
+            stats.z_loss,
+            stats.layer_mean(|l| l.dropped_fraction),
+            stats.layer_mean(|l| l.router_entropy),
+            stats.layer_mean(|l| l.max_expert_load()),
+        );
+        if self.route_acc.is_empty() {
+            self.route_acc = vec![vec![0.0; stats.num_experts()]; stats.layers.len()];
+        }
+        for (sums, layer) in self.route_acc.iter_mut().zip(&stats.layers) {
+            sums.iter_mut()
+                .zip(&layer.token_fractions)
+                .for_each(|(s, f)| *s += f);
+        }
+        self.route_n += 1;
+    }
+
+    /// Closes a routing window at `step`: the mean fractions since the last one.
+    fn routing_row(&mut self, step: usize) {
+        for (l, row) in self.route_acc.iter_mut().enumerate() {
+            self.routing.push(RoutingRow {
+                step,
+                layer: l,
+                fractions: row.iter().map(|v| v / self.route_n as f64).collect(),
+            });
+            row.iter_mut().for_each(|v| *v = 0.0);
+        }
+        self.route_n = 0;
+    }
+}
+
+/// The optimisers of a run: one for everything, and one for the experts when they learn at
+/// their own rate ([`RunSpec::expert_lr_ratio`]).
+struct Optimisers<B: AutodiffBackend, O> {
+    all: O,
+    experts: O,
+    expert_ids: Vec<ParamId>,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend, O: Optimizer<SwitchLm<B>, B>> Optimisers<B, O> {
+    fn step(
+        &mut self,
+        spec: &RunSpec,
+        lr: f64,
+        model: SwitchLm<B>,
+        mut grads: B::Gradients,
+    ) -> SwitchLm<B> {
+        if spec.expert_lr_ratio == 1.0 {
+            let grads = GradientsParams::from_grads(grads, &model);
+            return self.all.step(lr, model, grads);
+        }
+        let expert_grads = GradientsParams::from_params(&mut grads, &model, &self.expert_ids);
+        let rest = GradientsParams::from_grads(grads, &model);
+        let model = self.all.step(lr, model, rest);
+        self.experts
+            .step(lr * spec.expert_lr_ratio, model, expert_grads)
+    }
+}
+
+/// What a program measures at each validation point: `(step, valid_ce, model)`.
+pub type EvalHook<'a, B> =
+    dyn FnMut(usize, f64, &SwitchLm<<B as AutodiffBackend>::InnerBackend>) + 'a;
+
+/// [`train_run`], calling `on_eval(step, valid_ce, model)` at every validation point with the
+/// validation loss and the model in evaluation mode, for measurements a program adds.
+pub fn train_run_with<B: AutodiffBackend>(
+    spec: &RunSpec,
+    corpus: &Corpus,
+    device: &B::Device,
+    on_eval: &mut EvalHook<'_, B>,
+) -> RunLog {
+    let mut model = build_model::<B>(spec, device);
     let num_params = model.num_params();
     let seq = spec.model.max_seq_len;
     let optim_config = AdamWConfig::new()
         .with_weight_decay(spec.weight_decay as f32)
         .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)));
-    let mut optim = optim_config.init::<B, SwitchLm<B>>();
-    let mut expert_optim = optim_config.init::<B, SwitchLm<B>>();
-    let expert_ids = expert_param_ids(&model);
+    let mut optim = Optimisers {
+        all: optim_config.init::<B, SwitchLm<B>>(),
+        experts: optim_config.init::<B, SwitchLm<B>>(),
+        expert_ids: expert_param_ids(&model),
+        _b: std::marker::PhantomData,
+    };
     let mut rng = HostRng::new(spec.seed ^ 0x5EED);
     let tokens_per_step = spec.batch_size * seq;
-
+    let mut rec = Recorder::new(corpus.domains.len());
     let mut points = Vec::new();
-    let mut routing = Vec::new();
-    let mut acc = Accumulator::default();
-    let mut route_acc: Vec<Vec<f64>> = Vec::new();
-    let mut route_n = 0usize;
-    let mut train_time = 0.0;
-    let mut diverged_at = None;
-    let mut peak_load: f64 = 0.0;
-    let mut domain_drops = vec![(0.0, 0.0); corpus.domains.len().max(1)];
+    let (mut train_time, mut diverged_at) = (0.0, None);
     let started = Instant::now();
 
     for step in 1..=spec.steps {
         if spec.freeze_router_at == Some(step - 1) {
-            for layer in model.encoder.layers.iter_mut() {
-                if let EncoderBlock::Sparse(l) = layer {
-                    l.moe.router = l.moe.router.clone().no_grad();
-                }
-            }
+            freeze_routers(&mut model);
             eprintln!("[{}] step {step}: routers frozen", spec.name);
         }
         let t0 = Instant::now();
         let (starts, labels) = draw_windows(spec, corpus, &mut rng);
         let salt = rng.next_u64();
         let out = objective_step(&model, spec, &corpus.train, &starts, salt, device);
-        let mut grads = out.loss.backward();
-        let lr = spec.lr_at(step);
-        if spec.expert_lr_ratio != 1.0 {
-            let expert_grads = GradientsParams::from_params(&mut grads, &model, &expert_ids);
-            let rest = GradientsParams::from_grads(grads, &model);
-            model = optim.step(lr, model, rest);
-            model = expert_optim.step(lr * spec.expert_lr_ratio, model, expert_grads);
-        } else {
-            let grads = GradientsParams::from_grads(grads, &model);
-            model = optim.step(lr, model, grads);
-        }
+        let grads = out.loss.backward();
+        model = optim.step(spec, spec.lr_at(step), model, grads);
         // The step's numbers on the host, in one transaction (what the Learner's metrics read);
         // with a mixture also each token's experts-used count per sparse layer.
         let mut extra = vec![out.cross_entropy];
         if spec.mixture.is_some() {
-            extra.extend(
-                out.moe
-                    .layers
-                    .iter()
-                    .map(|l| l.token_experts_used.clone().float()),
-            );
+            let used = out
+                .moe
+                .layers
+                .iter()
+                .map(|l| l.token_experts_used.clone().float());
+            extra.extend(used);
         }
         let (stats, extra) = RoutingStats::read_with(&out.moe, extra);
         let ce = extra[0][0];
-        for used in &extra[1..] {
-            for (w, label) in labels.iter().enumerate() {
-                let row = &mut domain_drops[*label];
-                let tokens = &used[w * seq..(w + 1) * seq];
-                row.0 += seq as f64;
-                row.1 += tokens.iter().filter(|u| **u == 0.0).count() as f64;
-            }
-        }
-        peak_load = stats
-            .layers
-            .iter()
-            .map(|l| l.max_expert_load())
-            .fold(peak_load, f64::max);
         train_time += t0.elapsed().as_secs_f64();
         if !ce.is_finite() {
             diverged_at = Some(step);
@@ -682,115 +589,124 @@ pub fn train_run_with<B: AutodiffBackend>(
             );
             break;
         }
-        acc.add(
-            ce,
-            stats.aux_loss,
-            stats.z_loss,
-            stats.layer_mean(|l| l.dropped_fraction),
-            stats.layer_mean(|l| l.router_entropy),
-            stats.layer_mean(|l| l.max_expert_load()),
-        );
-        if route_acc.is_empty() {
-            route_acc = vec![vec![0.0; stats.num_experts()]; stats.layers.len()];
-        }
-        for (sums, layer) in route_acc.iter_mut().zip(&stats.layers) {
-            sums.iter_mut()
-                .zip(&layer.token_fractions)
-                .for_each(|(s, f)| *s += f);
-        }
-        route_n += 1;
+        rec.step(ce, &stats, &extra[1..], &labels, seq);
         if step % spec.log_every == 0 || step == spec.steps {
-            for (l, row) in route_acc.iter_mut().enumerate() {
-                routing.push(RoutingRow {
-                    step,
-                    layer: l,
-                    fractions: row.iter().map(|v| v / route_n as f64).collect(),
-                });
-                row.iter_mut().for_each(|v| *v = 0.0);
-            }
-            route_n = 0;
+            rec.routing_row(step);
         }
         if step % spec.eval_every == 0 || step == spec.steps {
             let valid_model = model.valid();
             let valid_ce = evaluate(&valid_model, corpus, spec, device);
-            on_eval(step, &valid_model);
-            let point = acc.point(
-                step,
-                (step * tokens_per_step) as f64 / corpus.train.len() as f64,
-                valid_ce,
-                expert_norms(&model),
-            );
-            eprintln!(
-                "[{}] step {step}/{} epoch {:.2}: train {:.4} valid {:.4} aux {:.3} drop {:.3} \
-                 H {:.3} load {:.2} ({:.0} tok/s, {:.0} s)",
-                spec.name,
-                spec.steps,
-                point.epoch,
-                point.train_ce,
-                point.valid_ce,
-                point.aux,
-                point.dropped,
-                point.entropy,
-                point.max_load,
-                (step * tokens_per_step) as f64 / train_time,
-                started.elapsed().as_secs_f64()
-            );
+            on_eval(step, valid_ce, &valid_model);
+            let epoch = (step * tokens_per_step) as f64 / corpus.train.len() as f64;
+            let point = rec.acc.point(step, epoch, valid_ce, expert_norms(&model));
+            let rate = (step * tokens_per_step) as f64 / train_time;
+            log_point(spec, &point, rate, started.elapsed().as_secs_f64());
             points.push(point);
-            acc = Accumulator::default();
+            rec.acc = Accumulator::default();
         }
     }
     let steps_done = diverged_at.map_or(spec.steps, |s| s - 1);
-    let final_eval = if diverged_at.is_none() {
-        let valid_model = model.valid();
-        corpus
-            .domains
-            .iter()
-            .map(|d| {
-                let t0 = Instant::now();
-                let test_ce = evaluate_all(&valid_model, &d.test, spec, device);
-                eprintln!(
-                    "[{}] test {}: {test_ce:.4} over {} tokens ({:.0} s)",
-                    spec.name,
-                    d.name,
-                    d.test.len(),
-                    t0.elapsed().as_secs_f64()
-                );
-                DomainEval {
-                    name: d.name.clone(),
-                    test_ce,
-                    tokens: d.test.len(),
-                }
-            })
-            .collect()
+    let finished = diverged_at.is_none();
+    let valid_model = model.valid();
+    let final_eval = if finished {
+        final_evals(&valid_model, corpus, spec, device)
     } else {
         Vec::new()
     };
-    let domain_routing = if diverged_at.is_none() && !corpus.domains.is_empty() {
-        probe_routing(&model.valid(), corpus, spec, device)
+    let (domain_routing, byte_routing) = if finished && !corpus.domains.is_empty() {
+        probe_routing(&valid_model, corpus, spec, device)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let domain_drops = match &spec.mixture {
         Some(m) => m
             .weights
             .iter()
-            .map(|&(d, _)| (d, domain_drops[d].0, domain_drops[d].1))
+            .map(|&(d, _)| (d, rec.domain_drops[d].0, rec.domain_drops[d].1))
             .collect(),
         None => Vec::new(),
     };
     RunLog {
         final_eval,
-        peak_load,
+        peak_load: rec.peak_load,
         domain_drops,
         domain_routing,
+        byte_routing,
         spec: spec.clone(),
         points,
-        routing,
+        routing: rec.routing,
         tokens_per_s: (steps_done * tokens_per_step) as f64 / train_time.max(1e-9),
         wall_s: started.elapsed().as_secs_f64(),
         diverged_at,
         num_params,
     }
+}
+
+/// Takes every router out of the graph (its parameters stop learning).
+fn freeze_routers<B: AutodiffBackend>(model: &mut SwitchLm<B>) {
+    for layer in model.encoder.layers.iter_mut() {
+        if let EncoderBlock::Sparse(l) = layer {
+            l.moe.router = l.moe.router.clone().no_grad();
+        }
+    }
+}
+
+/// A validation point's line on stderr.
+fn log_point(spec: &RunSpec, p: &Point, tokens_per_s: f64, elapsed: f64) {
+    eprintln!(
+        "[{}] step {}/{} epoch {:.2}: train {:.4} valid {:.4} aux {:.3} drop {:.3} H {:.3} \
+         load {:.2} ({tokens_per_s:.0} tok/s, {elapsed:.0} s)",
+        spec.name,
+        p.step,
+        spec.steps,
+        p.epoch,
+        p.train_ce,
+        p.valid_ce,
+        p.aux,
+        p.dropped,
+        p.entropy,
+        p.max_load,
+    );
+}
+
+/// Each domain's test cross-entropy: at the eval capacity factor in domain-homogeneous batches,
+/// dropless, and (with [`RunSpec::eval_mixed`]) at the eval capacity factor in mixed batches.
+fn final_evals<B: Backend>(
+    model: &SwitchLm<B>,
+    corpus: &Corpus,
+    spec: &RunSpec,
+    device: &B::Device,
+) -> Vec<DomainEval> {
+    let dropless = model.clone().dropless();
+    let mixed = spec
+        .eval_mixed
+        .then(|| evaluate_mixed(model, corpus, spec, device));
+    corpus
+        .domains
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let t0 = Instant::now();
+            let test_ce = evaluate_all(model, &d.test, spec, device);
+            let test_ce_dropless = evaluate_all(&dropless, &d.test, spec, device);
+            let test_ce_mixed = mixed.as_ref().map(|m| m[i]);
+            eprintln!(
+                "[{}] test {}: {test_ce:.4} (dropless {test_ce_dropless:.4}, mixed batches \
+                 {test_ce_mixed:?}) over {} tokens ({:.0} s)",
+                spec.name,
+                d.name,
+                d.test.len(),
+                t0.elapsed().as_secs_f64()
+            );
+            DomainEval {
+                name: d.name.clone(),
+                test_ce,
+                test_ce_dropless,
+                test_ce_mixed,
+                tokens: d.test.len(),
+            }
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -841,7 +757,7 @@ pub fn lm_config(
     n_layers: usize,
     num_experts: usize,
 ) -> SwitchLmConfig {
-    let encoder = switch_moe::SwitchEncoderConfig::new(d_model, d_ff, 4, n_layers, num_experts)
+    let encoder = crate::SwitchEncoderConfig::new(d_model, d_ff, 4, n_layers, num_experts)
         .with_norm_first(true)
         .with_moe_every(2);
     SwitchLmConfig::new(vocab_size, seq, encoder)
@@ -929,5 +845,6 @@ pub fn base_spec(
         eval_every: (steps / 20).max(1),
         eval_windows: 128,
         log_every: (steps / 60).max(1),
+        eval_mixed: false,
     }
 }
