@@ -376,6 +376,56 @@ impl<B: Backend> SwitchEncoder<B> {
         }
         self
     }
+
+    /// The routers' replay records, one per sparse layer in layer order ([`crate::replay`]):
+    /// start, stop and read them together with [`RoutingReplays`].
+    pub fn routing_replays(&self) -> RoutingReplays {
+        RoutingReplays(
+            self.layers
+                .iter()
+                .filter_map(|l| match l {
+                    EncoderBlock::Sparse(layer) => Some(layer.moe.router.replay.clone()),
+                    EncoderBlock::Dense(_) => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// The sparse layers' exchanges for the `Global` balance scope ([`crate::balance`]).
+    pub fn global_balances(&self) -> Vec<crate::balance::GlobalBalance> {
+        self.layers
+            .iter()
+            .filter_map(|l| match l {
+                EncoderBlock::Sparse(layer) => Some(layer.moe.global_balance.clone()),
+                EncoderBlock::Dense(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// Every sparse layer's [`RoutingReplay`](crate::RoutingReplay), driven together.
+#[derive(Debug, Clone)]
+pub struct RoutingReplays(pub Vec<crate::RoutingReplay>);
+
+impl RoutingReplays {
+    /// Every router records the experts of each later forward.
+    pub fn start_recording(&self) {
+        self.0
+            .iter()
+            .for_each(crate::RoutingReplay::start_recording);
+    }
+
+    /// Every router replays its record, forward by forward.
+    pub fn start_replaying(&self) {
+        self.0
+            .iter()
+            .for_each(crate::RoutingReplay::start_replaying);
+    }
+
+    /// Every router routes normally again (the records stay).
+    pub fn stop(&self) {
+        self.0.iter().for_each(crate::RoutingReplay::stop);
+    }
 }
 
 /// What [`SwitchEncoder::forward_autoregressive_inference`] keeps between steps: one cache per

@@ -9,13 +9,13 @@
 use burn::module::{Module, Param};
 use burn::nn::Dropout;
 use burn::nn::activation::ActivationConfig;
-use burn::tensor::activation::{gelu, relu, silu};
+use burn::tensor::activation::{gelu, relu, sigmoid, silu};
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::expert_matmul::expert_matmul;
 
 /// The activation of the experts' hidden layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ExpertActivation {
     /// max(0, x)
     Relu,
@@ -23,6 +23,15 @@ pub enum ExpertActivation {
     Gelu,
     /// SwiGLU: SiLU(x·W₁) ⊙ (x·W₃), with the experts' third weight W₃ ([`Experts::w_up`]).
     SwiGlu,
+    /// gpt-oss's clamped SwiGLU: with g = min(x·W₁ + b₁, limit) and
+    /// u = clamp(x·W₃ + b₃, −limit, limit), the hidden layer is (u + 1) ⊙ g ⊙ σ(α·g)
+    /// (α = 1.702, limit = 7 in gpt-oss; not SiLU, whose α is 1).
+    ClampedSwiGlu {
+        /// α inside the sigmoid.
+        alpha: f64,
+        /// The clamp: g at most `limit`, u within ±`limit`.
+        limit: f64,
+    },
 }
 
 impl ExpertActivation {
@@ -39,15 +48,37 @@ impl ExpertActivation {
 
     /// Whether the experts have the gated third weight W₃.
     pub fn is_gated(&self) -> bool {
-        matches!(self, Self::SwiGlu)
+        matches!(self, Self::SwiGlu | Self::ClampedSwiGlu { .. })
     }
 
-    /// Applies the (gate's) non-linearity element-wise: ReLU, GELU, or SiLU for SwiGLU.
+    /// Applies the (gate's) non-linearity element-wise: ReLU, GELU, or SiLU for SwiGLU. For the
+    /// clamped SwiGLU, σ(α·min(x, limit))·min(x, limit) (the gate half of [`Self::hidden`]).
     pub fn forward<B: Backend, const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
             Self::Relu => relu(x),
             Self::Gelu => gelu(x),
             Self::SwiGlu => silu(x),
+            Self::ClampedSwiGlu { alpha, limit } => {
+                let g = x.clamp_max(*limit);
+                g.clone() * sigmoid(g.mul_scalar(*alpha))
+            }
+        }
+    }
+
+    /// The hidden layer from the gate pre-activation `x·W₁ + b₁` and, for gated experts, the up
+    /// projection `x·W₃ + b₃`: act(gate), act(gate) ⊙ up, or (clamp(up) + 1) ⊙ act(gate).
+    pub fn hidden<B: Backend, const D: usize>(
+        &self,
+        gate: Tensor<B, D>,
+        up: Option<Tensor<B, D>>,
+    ) -> Tensor<B, D> {
+        let act = self.forward(gate);
+        match (self, up) {
+            (Self::ClampedSwiGlu { limit, .. }, Some(up)) => {
+                act * (up.clamp(-*limit, *limit) + 1.0)
+            }
+            (_, Some(up)) => act * up,
+            (_, None) => act,
         }
     }
 }
@@ -67,6 +98,8 @@ pub struct Experts<B: Backend> {
     /// Gated experts only: the linear ("up") projections W₃ `[E, d, f]`; the hidden layer is
     /// act(x·W₁) ⊙ (x·W₃).
     pub w_up: Option<Param<Tensor<B, 3>>>,
+    /// Gated experts with biases only: the up projections' biases b₃ `[E, f]` (gpt-oss).
+    pub b_up: Option<Param<Tensor<B, 2>>>,
     /// Hidden activation.
     pub activation: ExpertActivation,
     /// Expert dropout on the hidden activations (training only).
@@ -80,8 +113,8 @@ impl<B: Backend> Experts<B> {
     }
 
     /// Runs expert e on row block e of the input: act(x·W₁ + b₁)·W₂ + b₂, two batched matmuls
-    /// (gated: (act(x·W₁) ⊙ x·W₃)·W₂, three), each through [`expert_matmul`], whose backward
-    /// transposes no weight.
+    /// (gated: (act(x·W₁ + b₁) ⊙ (x·W₃ + b₃))·W₂ + b₂, three; see [`ExpertActivation::hidden`]),
+    /// each through [`expert_matmul`], whose backward transposes no weight.
     ///
     /// A zero input row gives act(b₁)·W₂ + b₂ (zero without biases); callers that must ignore
     /// empty slots do not read them back.
@@ -96,14 +129,18 @@ impl<B: Backend> Experts<B> {
             e == e_w && d == d_w,
             "Experts: input [E={e}, C, d={d}] does not match weights [E={e_w}, d={d_w}, f]"
         );
-        let mut h = expert_matmul(x.clone(), self.w_in.val()); // [E, C, f]
+        let mut gate = expert_matmul(x.clone(), self.w_in.val()); // [E, C, f]
         if let Some(b) = &self.b_in {
-            h = h + b.val().unsqueeze_dim::<3>(1); // + [E, 1, f]
+            gate = gate + b.val().unsqueeze_dim::<3>(1); // + [E, 1, f]
         }
-        let mut h = self.activation.forward(h); // [E, C, f]
-        if let Some(w_up) = &self.w_up {
-            h = h * expert_matmul(x, w_up.val()); // [E, C, f] ⊙ [E, C, f]
-        }
+        let up = self.w_up.as_ref().map(|w_up| {
+            let up = expert_matmul(x, w_up.val()); // [E, C, f]
+            match &self.b_up {
+                Some(b) => up + b.val().unsqueeze_dim::<3>(1), // + [E, 1, f]
+                None => up,
+            }
+        });
+        let h = self.activation.hidden(gate, up); // [E, C, f]
         let h = self.dropout.forward(h); // [E, C, f]
         let mut y = expert_matmul(h, self.w_out.val()); // [E, C, d]
         if let Some(b) = &self.b_out {

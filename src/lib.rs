@@ -39,6 +39,7 @@ pub mod atomic_file;
 ))]
 pub mod backend;
 mod backend_caps;
+pub mod balance;
 #[cfg(all(
     feature = "train",
     any(
@@ -69,6 +70,7 @@ pub mod lm;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod moe;
+pub mod replay;
 #[cfg(feature = "train")]
 pub mod report;
 pub mod router;
@@ -83,10 +85,11 @@ pub mod train;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub use balance::GlobalBalance;
 pub use dispatch::{Capacity, DispatchPlan, DropPolicy, SlotPlan};
 pub use encoder::{
-    EncoderBlock, SwitchEncoder, SwitchEncoderAutoregressiveCache, SwitchEncoderConfig,
-    SwitchEncoderInput,
+    EncoderBlock, RoutingReplays, SwitchEncoder, SwitchEncoderAutoregressiveCache,
+    SwitchEncoderConfig, SwitchEncoderInput,
 };
 pub use error::{Error, Result};
 pub use expert_choice::ExpertChoicePlan;
@@ -97,8 +100,11 @@ pub use layer::{
 pub use lm::{LmBatch, LmOutput, SwitchLm, SwitchLmConfig};
 #[cfg(feature = "metrics")]
 pub use metrics::{RoutingCsvMetric, RoutingMetric, RoutingMetricKind, routing_metrics};
-pub use moe::{RoutingMode, SwitchFeedForward, SwitchFeedForwardConfig};
+pub use moe::{
+    BalanceScope, ForcedRouting, GluClamp, RoutingMode, SwitchFeedForward, SwitchFeedForwardConfig,
+};
+pub use replay::{ReplayMode, RoutingReplay};
 pub use router::{Router, RouterScore, Routing};
 pub use routing_stats::{LayerRoutingStats, RoutingStats};
 pub use shared::SharedExperts;
-pub use stats::{CombinedMoeStats, MoeLossWeights, MoeStats, RoutingCounts};
+pub use stats::{BalanceTokens, CombinedMoeStats, MoeLossWeights, MoeStats, RoutingCounts};

@@ -225,6 +225,12 @@ impl<B: Backend> SwitchLm<B> {
         (self.logits(x), stats)
     }
 
+    /// The sparse layers' routing replay records ([`crate::replay`]): record a forward, then
+    /// replay its experts in a later one (RL fine-tuning, activation recompute).
+    pub fn routing_replays(&self) -> crate::encoder::RoutingReplays {
+        self.encoder.routing_replays()
+    }
+
     /// An empty cache for [`forward_autoregressive_inference`](Self::forward_autoregressive_inference).
     pub fn new_autoregressive_cache(&self) -> SwitchEncoderAutoregressiveCache<B> {
         self.encoder.new_autoregressive_cache()

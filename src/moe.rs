@@ -8,14 +8,16 @@ use burn::nn::activation::ActivationConfig;
 use burn::nn::{DropoutConfig, Linear, SwiGluConfig};
 use burn::tensor::{Bool, DType, FloatDType, Tensor, backend::Backend};
 
+use crate::balance::GlobalBalance;
 use crate::dispatch::{Capacity, DispatchPlan, DropPolicy, SlotPlan, expert_capacity};
 use crate::error::{Error, check};
 use crate::expert_choice::ExpertChoicePlan;
 use crate::experts::{ExpertActivation, Experts};
 use crate::init::truncated_normal;
+use crate::replay::RoutingReplay;
 use crate::router::{Router, RouterScore};
 use crate::shared::SharedExperts;
-use crate::stats::{MoeStats, RoutingCounts};
+use crate::stats::{BalanceTokens, MoeStats, RoutingCounts};
 
 /// Configuration of a [`SwitchFeedForward`] block: **every** MoE setting of the crate, declared,
 /// documented and validated here once. The layer and encoder configs hold one of these
@@ -99,6 +101,83 @@ pub struct SwitchFeedForwardConfig {
     /// paper's Table 2 ablation; only differs on f16/bf16 backends.
     #[config(default = true)]
     pub router_f32: bool,
+    /// Over which tokens the load-balancing loss takes its fractions fᵢ and Pᵢ: `Batch` (the
+    /// forward call's tokens, the Switch paper's and the default), `Sequence` (each sequence
+    /// apart, the losses averaged: DeepSeek-V3's complementary sequence-wise loss) or `Global`
+    /// (fᵢ over every token of the optimiser step, across the devices of a data-parallel run:
+    /// Megatron-Core's `global_aux_loss`; see [`crate::balance`]). Padding is excluded in each.
+    /// Token choice only.
+    #[config(default = "BalanceScope::Batch")]
+    pub balance_scope: BalanceScope,
+    /// A bias on the router logits, x·Wᵣ + b (gpt-oss). Default false (Switch has none).
+    #[config(default = false)]
+    pub router_bias: bool,
+    /// Group-limited routing (DeepSeek-V3, §2.1.2): the experts form `n_group` equal groups, a
+    /// group is scored by the sum of its two highest selection scores, and only the best
+    /// `topk_group` groups' experts may be chosen. Default 1 (no groups). E must be a multiple.
+    #[config(default = 1)]
+    pub n_group: usize,
+    /// How many of the `n_group` groups a token may choose from. Default 1 (with one group: all).
+    #[config(default = 1)]
+    pub topk_group: usize,
+    /// The gates are multiplied by this after normalisation (DeepSeek-V3's
+    /// `routed_scaling_factor`, 2.5 there). Default 1.0.
+    #[config(default = 1.0)]
+    pub routed_scaling_factor: f64,
+    /// Renormalise a top-1 gate too (it becomes exactly 1; with `normalize_gates`): upcycling's
+    /// exact start, where the MoE equals the dense FFN it was made from. Default false (Switch's
+    /// top-1 gate is the router probability, how the router learns).
+    #[config(default = false)]
+    pub normalize_top1: bool,
+    /// Keep a per-expert selection bias even when `expert_bias_rate` is 0: a frozen bias, as an
+    /// imported DeepSeek-V3 checkpoint's `e_score_correction_bias`. Default false.
+    #[config(default = false)]
+    pub selection_bias: bool,
+    /// Debug: choose experts without the router, to measure speed without its imbalance —
+    /// `RoundRobin` (token t's j-th choice is expert (t + j) mod E), `Random` (uniform), or `Off`
+    /// (the default). The gates are the router's scores of those experts; the balance losses are
+    /// zero (Megatron's `moe_router_force_load_balancing`, torchtitan's `_debug_force_load_balance`).
+    #[config(default = "ForcedRouting::Off")]
+    pub forced_routing: ForcedRouting,
+    /// Gated experts only: gpt-oss's clamped SwiGLU instead of SiLU's
+    /// ([`ExpertActivation::ClampedSwiGlu`]). Default `None` (Mixtral's, Qwen's SwiGLU).
+    #[config(default = "None")]
+    pub glu_clamp: Option<GluClamp>,
+}
+
+/// gpt-oss's clamped SwiGLU constants ([`SwitchFeedForwardConfig::glu_clamp`]).
+#[derive(Config, Debug, PartialEq)]
+pub struct GluClamp {
+    /// α inside the sigmoid (gpt-oss: 1.702).
+    #[config(default = 1.702)]
+    pub alpha: f64,
+    /// The clamp of the gate (above) and the up projection (both sides) (gpt-oss: 7).
+    #[config(default = 7.0)]
+    pub limit: f64,
+}
+
+/// Over which tokens the load-balancing loss's fractions are taken
+/// ([`SwitchFeedForwardConfig::balance_scope`]).
+#[derive(Config, Debug, PartialEq, Eq, Copy)]
+pub enum BalanceScope {
+    /// The forward call's tokens (micro-batch): every batch is asked to be balanced.
+    Batch,
+    /// Each sequence apart, the losses averaged over the sequences (DeepSeek-V3).
+    Sequence,
+    /// Every token of the optimiser step, across data-parallel devices (Megatron-Core).
+    Global,
+}
+
+/// Experts chosen without the router, for speed measurements
+/// ([`SwitchFeedForwardConfig::forced_routing`]).
+#[derive(Config, Debug, PartialEq, Eq, Copy)]
+pub enum ForcedRouting {
+    /// The router chooses (the default).
+    Off,
+    /// Token t's j-th choice is expert (t + j) mod E: exactly balanced.
+    RoundRobin,
+    /// Uniform random experts (distinct for one token when k > 1 only by chance).
+    Random,
 }
 
 /// Who chooses: tokens their experts, or experts their tokens.
@@ -136,6 +215,11 @@ pub struct SwitchFeedForward<B: Backend> {
     pub drop_policy: DropPolicy,
     /// The always-on shared experts, if any.
     pub shared: Option<SharedExperts<B>>,
+    /// Over which tokens the balance loss is taken.
+    pub balance_scope: BalanceScope,
+    /// The exchange of counts between data-parallel replicas (`Global` scope; see
+    /// [`crate::balance`]), shared by this block's clones.
+    pub global_balance: GlobalBalance,
 }
 
 impl SwitchFeedForwardConfig {
@@ -186,14 +270,6 @@ impl SwitchFeedForwardConfig {
                         ),
                     ));
                 }
-                if self.bias {
-                    return Err(Error::config(
-                        C,
-                        "bias",
-                        true,
-                        "gated (SwiGlu) experts have no biases, as in Mixtral and Qwen2-MoE",
-                    ));
-                }
             }
             other if ExpertActivation::from_config(other).is_none() => {
                 return Err(Error::config(
@@ -232,6 +308,7 @@ impl SwitchFeedForwardConfig {
                 ));
             }
         }
+        self.validate_routing()?;
         if self.shared_gate && self.num_shared_experts == 0 {
             return Err(Error::config(
                 C,
@@ -239,6 +316,76 @@ impl SwitchFeedForwardConfig {
                 true,
                 "gates the shared experts: set num_shared_experts ≥ 1",
             ));
+        }
+        Ok(())
+    }
+
+    /// The checks of the routing options after Switch: groups, scaling, balance scope, forced
+    /// routing, the clamped SwiGLU.
+    fn validate_routing(&self) -> crate::Result<()> {
+        const C: &str = "SwitchFeedForwardConfig";
+        let e = self.num_experts;
+        check::positive(C, "n_group", self.n_group)?;
+        if self.n_group > 1 {
+            if !e.is_multiple_of(self.n_group) || e / self.n_group < 2 {
+                return Err(Error::config(
+                    C,
+                    "n_group",
+                    self.n_group,
+                    format!(
+                        "must divide num_experts = {e} into groups of at least 2 experts (a \
+                         group is scored by its two best)"
+                    ),
+                ));
+            }
+            if self.topk_group == 0 || self.topk_group > self.n_group {
+                return Err(Error::config(
+                    C,
+                    "topk_group",
+                    self.topk_group,
+                    format!("must lie in 1..={} (n_group)", self.n_group),
+                ));
+            }
+            if self.topk_group * (e / self.n_group) < self.top_k {
+                return Err(Error::config(
+                    C,
+                    "topk_group",
+                    self.topk_group,
+                    format!(
+                        "the {} kept groups hold fewer than top_k = {} experts",
+                        self.topk_group, self.top_k
+                    ),
+                ));
+            }
+        }
+        check::positive_f64(C, "routed_scaling_factor", self.routed_scaling_factor)?;
+        let token_choice = self.routing == RoutingMode::TokenChoice;
+        if !token_choice && self.balance_scope != BalanceScope::Batch {
+            return Err(Error::config(
+                C,
+                "balance_scope",
+                format!("{:?}", self.balance_scope),
+                "applies to token-choice routing; expert choice is balanced by construction",
+            ));
+        }
+        if !token_choice && self.forced_routing != ForcedRouting::Off {
+            return Err(Error::config(
+                C,
+                "forced_routing",
+                format!("{:?}", self.forced_routing),
+                "applies to token-choice routing",
+            ));
+        }
+        if let Some(clamp) = &self.glu_clamp {
+            if !matches!(self.activation, ActivationConfig::SwiGlu(_)) {
+                return Err(Error::config(
+                    C,
+                    "glu_clamp",
+                    format!("{clamp:?}"),
+                    "clamps gated experts: set activation to SwiGlu (with_swiglu())",
+                ));
+            }
+            check::positive_f64(C, "glu_clamp.limit", clamp.limit)?;
         }
         Ok(())
     }
@@ -261,6 +408,8 @@ impl SwitchFeedForwardConfig {
             dropless: self.dropless,
             routing: self.routing.clone(),
             drop_policy: self.drop_policy.clone(),
+            balance_scope: self.balance_scope,
+            global_balance: GlobalBalance::default(),
             shared: (self.num_shared_experts > 0).then(|| SharedExperts {
                 experts: self.stacked_experts(self.num_shared_experts, device),
                 gate: self.shared_gate.then(|| Linear {
@@ -290,18 +439,26 @@ impl SwitchFeedForwardConfig {
         Router {
             gate: Linear {
                 weight: Param::from_tensor(weight),
-                bias: None,
+                bias: self
+                    .router_bias
+                    .then(|| Param::from_tensor(Tensor::zeros([self.num_experts], device))),
             },
             top_k: self.top_k,
             jitter: self.jitter,
             normalize_gates: self.normalize_gates,
             score: self.router_score.clone(),
-            expert_bias: (self.expert_bias_rate > 0.0).then(|| {
+            expert_bias: (self.expert_bias_rate > 0.0 || self.selection_bias).then(|| {
                 // f32 whatever the model's float type: ±1e-3 steps vanish in f16.
                 RunningState::new(Tensor::zeros([self.num_experts], (device, DType::F32)))
             }),
             expert_bias_rate: self.expert_bias_rate,
             float32: self.router_f32,
+            n_group: self.n_group,
+            topk_group: self.topk_group,
+            scaling: self.routed_scaling_factor,
+            normalize_top1: self.normalize_top1,
+            forced: self.forced_routing,
+            replay: RoutingReplay::default(),
         }
     }
 
@@ -319,7 +476,16 @@ impl SwitchFeedForwardConfig {
         let w_in = truncated_normal::<B, 3>([e, d, f], self.init_scale, d, device); // [E, d, f]
         let w_out = truncated_normal::<B, 3>([e, f, d], self.init_scale, f, device); // [E, f, d]
         let bias = |n: usize| Param::from_tensor(Tensor::<B, 2>::zeros([e, n], device));
-        let activation = ExpertActivation::from_config(&self.activation).expect("validated above");
+        let activation = match (
+            ExpertActivation::from_config(&self.activation).expect("validated above"),
+            &self.glu_clamp,
+        ) {
+            (ExpertActivation::SwiGlu, Some(clamp)) => ExpertActivation::ClampedSwiGlu {
+                alpha: clamp.alpha,
+                limit: clamp.limit,
+            },
+            (activation, _) => activation,
+        };
         let w_up = activation.is_gated().then(|| {
             Param::from_tensor(truncated_normal::<B, 3>(
                 [e, d, f],
@@ -333,6 +499,7 @@ impl SwitchFeedForwardConfig {
             w_out: Param::from_tensor(w_out),
             b_in: self.bias.then(|| bias(f)),
             b_out: self.bias.then(|| bias(d)),
+            b_up: (self.bias && w_up.is_some()).then(|| bias(f)),
             w_up,
             activation,
             dropout: DropoutConfig::new(self.expert_dropout).init(),
@@ -368,6 +535,7 @@ impl<B: Backend> ModuleDisplay for SwitchFeedForward<B> {
             .add("drop_policy", &format!("{:?}", self.drop_policy))
             .add("expert_bias_rate", &self.router.expert_bias_rate)
             .add("router_f32", &self.router.float32)
+            .add("balance_scope", &format!("{:?}", self.balance_scope))
             .add(
                 "shared_experts",
                 &self.shared.as_ref().map_or(0, |s| s.experts.num_experts()),
@@ -378,6 +546,44 @@ impl<B: Backend> ModuleDisplay for SwitchFeedForward<B> {
 }
 
 impl<B: Backend> SwitchFeedForward<B> {
+    /// The tokens the balance loss is taken over: the call's, each sequence's, or (`Global` in
+    /// training with several replicas) every replica's first-choice counts, exchanged through
+    /// [`GlobalBalance`].
+    fn balance_tokens(
+        &self,
+        counts: &RoutingCounts<B>,
+        sequences: usize,
+        training: bool,
+    ) -> BalanceTokens<B> {
+        match self.balance_scope {
+            BalanceScope::Batch => BalanceTokens::Batch,
+            BalanceScope::Sequence => BalanceTokens::Sequence { sequences },
+            BalanceScope::Global if !training || self.global_balance.parties() == 1 => {
+                BalanceTokens::Batch
+            }
+            BalanceScope::Global => {
+                // HOST SYNC: E counts per layer meet the other replicas' on the host.
+                let local: Vec<f64> = counts
+                    .per_expert
+                    .clone()
+                    .into_data()
+                    .convert::<f64>()
+                    .to_vec()
+                    .unwrap_or_default();
+                let sum = self.global_balance.exchange(local);
+                let device = counts.per_expert.device();
+                let sum = Tensor::<B, 1>::from_data(
+                    burn::tensor::TensorData::new(
+                        sum.iter().map(|v| *v as f32).collect(),
+                        [sum.len()],
+                    ),
+                    (&device, DType::F32),
+                ); // [E]
+                BalanceTokens::Counts(sum)
+            }
+        }
+    }
+
     /// Number of experts E.
     pub fn num_experts(&self) -> usize {
         self.experts.num_experts()
@@ -487,14 +693,21 @@ impl<B: Backend> SwitchFeedForward<B> {
                 (y, logits, probs, RoutingCounts::from(&plan))
             }
         };
-        let stats = MoeStats::new(
+        let balance = self.balance_tokens(&counts, batch, training);
+        let mut stats = MoeStats::with_balance(
             logits,
             probs,
             counts,
             self.router.expert_bias(),
             real.clone(),
             model_dtype,
+            balance,
         );
+        if self.router.forced != ForcedRouting::Off {
+            // Forced routing measures speed: no balance to learn.
+            stats.aux_loss = stats.aux_loss.zeros_like();
+            stats.z_loss = stats.z_loss.zeros_like();
+        }
         if let Some(shared) = &self.shared {
             let real = real.map(|r| r.float().cast(model_dtype).reshape([t, 1])); // [T, 1]
             y = y + shared.forward(tokens, real); // [T, d]

@@ -14,10 +14,24 @@
 //!   is added to the scores for the *selection* only (the gates stay unbiased). After each
 //!   training forward, bᵢ += u·sign(mean(c) − cᵢ) with cᵢ the real tokens' assignments to expert
 //!   i, then b −= mean(b). b is module state ([`RunningState`]): saved in every record, never
-//!   trained.
+//!   trained. With rate 0 and `selection_bias` it is a frozen bias (an imported
+//!   `e_score_correction_bias`).
+//! - **Group-limited routing** (DeepSeek-V3 §2.1.2): experts in `n_group` groups; a group's score
+//!   is the sum of its two highest selection scores; only the `topk_group` best groups' experts
+//!   stay eligible (the others' selection scores become 0, as Hugging Face's implementation
+//!   masks them), then the top-k is taken.
+//! - **Routed scaling** (DeepSeek-V3): the gates, after normalisation, times a constant.
+//! - A **router bias** on the logits (gpt-oss): x·Wᵣ + b.
+//!
+//! Precision: with `float32` (the default) the input and weights are cast to f32 before the
+//! logits, and softmax or sigmoid run in f32; without it they run in the model's float type and
+//! only the results are cast to f32.
 
 use burn::config::Config;
 use burn::module::{Module, RunningState};
+
+use crate::moe::ForcedRouting;
+use crate::replay::RoutingReplay;
 use burn::nn::Linear;
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{DType, Distribution, FloatDType, Int, Tensor, backend::Backend};
@@ -55,6 +69,18 @@ pub struct Router<B: Backend> {
     /// computes them in the model's float type and only then casts them to f32: the paper's
     /// "bfloat16 router" ablation (Table 2), for experiments.
     pub float32: bool,
+    /// Expert groups for group-limited selection (1: none).
+    pub n_group: usize,
+    /// Groups a token may choose from.
+    pub topk_group: usize,
+    /// Factor on the gates after normalisation (1: none).
+    pub scaling: f64,
+    /// Renormalise a top-1 gate to 1 as well (with `normalize_gates`).
+    pub normalize_top1: bool,
+    /// Experts chosen without the router (debug; `Off` normally).
+    pub forced: ForcedRouting,
+    /// Record or replay the experts this router chooses ([`crate::replay`]).
+    pub replay: RoutingReplay,
 }
 
 /// The router's decision for a flat batch of T tokens.
@@ -104,7 +130,11 @@ impl<B: Backend> Router<B> {
             let eps = self.jitter;
             x = x.clone() * x.random_like(Distribution::Uniform(1.0 - eps, 1.0 + eps));
         }
-        let logits = x.matmul(weight); // [T, E]
+        let mut logits = x.matmul(weight); // [T, E]
+        if let Some(bias) = &self.gate.bias {
+            let bias = bias.val().cast(FloatDType::from(logits.dtype())); // [E]
+            logits = logits + bias.unsqueeze::<2>(); // [T, E] + [1, E]
+        }
         let (logits, scores, probs) = match self.score {
             RouterScore::Softmax => {
                 let probs = softmax(logits.clone(), 1); // [T, E]
@@ -126,38 +156,57 @@ impl<B: Backend> Router<B> {
 
     /// Routes a flat batch of tokens to their top-k experts (token choice).
     ///
-    /// The selection ranks score + expert bias (when aux-loss-free balancing is on); the gates are
-    /// the unbiased scores of the chosen experts. The top-k is k rounds of `argmax` with the
+    /// The selection ranks score + expert bias (when aux-loss-free balancing is on), limited to
+    /// the best expert groups when `n_group` > 1; the gates are the unbiased scores of the
+    /// chosen experts, renormalised over the k (with `normalize_gates`, k > 1 or
+    /// `normalize_top1`) and scaled by `scaling`. The top-k is k rounds of `argmax` with the
     /// chosen experts masked out: it needs no sort (which reads to the host on most backends)
-    /// and works for every k ≤ E.
+    /// and works for every k ≤ E. A replaying router ([`crate::replay`]) takes the recorded
+    /// experts instead of selecting; a recording one keeps its choice.
     ///
     /// # Shapes
     /// - x: `[T, d]` in the model's float type
     /// - output: see [`Routing`] (`[T, E]` logits/probs, `[T, k]` ids/gates)
     pub fn forward(&self, x: Tensor<B, 2>) -> Routing<B> {
         let (logits, scores, probs) = self.scores(x);
-        let [_, num_experts] = scores.dims();
-        let selection = match &self.expert_bias {
-            Some(bias) => {
-                // Replicas on several devices share the state: read it onto ours.
-                let bias = bias
-                    .value_sync()
-                    .to_device(&scores.device())
-                    .cast(FloatDType::F32)
-                    .reshape([1, num_experts]); // [1, E]
-                scores.clone().detach() + bias // [T, E]
+        let [t, num_experts] = scores.dims();
+        let device = scores.device();
+        let expert_ids = match (self.replay.replayed(&device), self.forced) {
+            (Some(ids), _) => ids, // [T, k], recorded by an earlier forward
+            (None, ForcedRouting::Off) => {
+                let mut selection = scores.clone().detach(); // [T, E]
+                if let Some(bias) = &self.expert_bias {
+                    // Replicas on several devices share the state: read it onto ours.
+                    let bias = bias
+                        .value_sync()
+                        .to_device(&device)
+                        .cast(FloatDType::F32)
+                        .reshape([1, num_experts]); // [1, E]
+                    selection = selection + bias; // [T, E]
+                }
+                if self.n_group > 1 {
+                    selection = limit_to_groups(selection, self.n_group, self.topk_group); // [T, E]
+                }
+                top_k_ids(selection, self.top_k, num_experts) // [T, k]
             }
-            None => scores.clone().detach(),
+            (None, forced) => forced_ids::<B>(forced, t, self.top_k, num_experts, &device), // [T, k]
         };
-        let expert_ids = top_k_ids(selection, self.top_k, num_experts); // [T, k]
+        self.replay.record(&expert_ids);
         let gates = scores.gather(1, expert_ids.clone()); // [T, k], unbiased
-        let normalize = self.normalize_gates || self.score == RouterScore::Sigmoid;
-        let gates = if normalize && self.top_k > 1 {
+        let normalize = self.normalize_gates && (self.top_k > 1 || self.normalize_top1);
+        let mut gates = if normalize {
             let sum = gates.clone().sum_dim(1); // [T, 1]
-            gates / sum
+            match self.score {
+                RouterScore::Softmax => gates / sum,
+                // Hugging Face's DeepSeek-V3 adds 1e-20: sigmoid scores may all be tiny.
+                RouterScore::Sigmoid => gates / (sum + 1e-20),
+            }
         } else {
             gates
         };
+        if self.scaling != 1.0 {
+            gates = gates.mul_scalar(self.scaling);
+        }
         Routing {
             logits,
             probs,
@@ -228,6 +277,62 @@ fn top_k_ids<B: Backend>(values: Tensor<B, 2>, k: usize, num_experts: usize) -> 
     Tensor::cat(ids, 1) // [T, k]
 }
 
+/// Group-limited selection scores (DeepSeek-V3): the experts form `groups` equal groups; each
+/// group is scored by the sum of its two highest values; the experts outside the `keep` best
+/// groups get 0 (as Hugging Face masks them; below every positive score, above none of the
+/// negative ones).
+///
+/// # Shapes
+/// - values: `[T, E]`, E a multiple of `groups` with at least 2 experts per group
+/// - output: `[T, E]`
+fn limit_to_groups<B: Backend>(values: Tensor<B, 2>, groups: usize, keep: usize) -> Tensor<B, 2> {
+    let [t, e] = values.dims();
+    let per = e / groups;
+    let device = values.device();
+    let grouped = values.clone().reshape([t, groups, per]); // [T, G, E/G]
+    let first = grouped.clone().max_dim(2); // [T, G, 1]
+    let at_first = grouped.clone().argmax(2); // [T, G, 1]
+    let slots = Tensor::<B, 1, Int>::arange(0..per as i64, &device).reshape([1, 1, per]); // [1, 1, E/G]
+    let without_first = grouped.mask_fill(at_first.equal(slots), -1e30); // [T, G, E/G]
+    let second = without_first.max_dim(2); // [T, G, 1]
+    let group_scores = (first + second).reshape([t, groups]); // [T, G]
+    let best = top_k_ids(group_scores, keep, groups); // [T, keep]
+    let all_groups = Tensor::<B, 1, Int>::arange(0..groups as i64, &device).reshape([1, 1, groups]); // [1, 1, G]
+    let kept = best
+        .unsqueeze_dim::<3>(2)
+        .equal(all_groups)
+        .int()
+        .sum_dim(1) // [T, 1, G]: 1 for a kept group
+        .reshape([t, groups, 1])
+        .repeat_dim(2, per)
+        .reshape([t, e]); // [T, E]
+    values.mask_fill(kept.equal_elem(0), 0.0)
+}
+
+/// Experts chosen without the router: round-robin (token t's j-th choice (t + j) mod E) or
+/// uniform random (a random r per token, choices (r + j) mod E, distinct).
+///
+/// # Shapes
+/// - output: `[T, k]`
+fn forced_ids<B: Backend>(
+    forced: ForcedRouting,
+    t: usize,
+    k: usize,
+    e: usize,
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
+    let start = match forced {
+        ForcedRouting::Random => {
+            Tensor::<B, 1>::random([t], Distribution::Uniform(0.0, e as f64), device)
+                .int()
+                .clamp(0, e as i64 - 1)
+        } // [T]
+        _ => Tensor::<B, 1, Int>::arange(0..t as i64, device), // [T]
+    };
+    let offsets = Tensor::<B, 1, Int>::arange(0..k as i64, device).reshape([1, k]); // [1, k]
+    (start.reshape([t, 1]) + offsets).remainder_scalar(e as i64) // [T, k]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,13 +370,21 @@ mod tests {
             .init_router(&device);
         let mut router = router;
         // Identity-like weights: logits = (x0, x1, 0).
-        let w = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 0., 0., 0., 1., 0.], [2, 3]), &device);
+        let w = Tensor::<B, 2>::from_data(
+            TensorData::new(vec![1.0f32, 0., 0., 0., 1., 0.], [2, 3]),
+            &device,
+        );
         router.gate.weight = burn::module::Param::from_tensor(w);
         let x = Tensor::<B, 2>::from_data(TensorData::new(vec![2.0f32, -1.0], [1, 2]), &device);
         let routing = router.forward(x);
         // σ(2) = 0.8808, σ(0) = 0.5, σ(−1) = 0.2689: experts 0 then 2; gates 0.8808/1.3808, 0.5/1.3808.
         let gates: Vec<f32> = routing.gates.into_data().to_vec().unwrap();
-        let ids: Vec<i64> = routing.expert_ids.into_data().convert::<i64>().to_vec().unwrap();
+        let ids: Vec<i64> = routing
+            .expert_ids
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap();
         assert_eq!(ids, vec![0, 2]);
         let (s2, s0) = (1.0 / (1.0 + (-2.0f64).exp()), 0.5);
         assert!((gates[0] as f64 - s2 / (s2 + s0)).abs() < 1e-6, "{gates:?}");

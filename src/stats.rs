@@ -100,8 +100,25 @@ impl<B: Backend> From<&ExpertChoicePlan<B>> for RoutingCounts<B> {
     }
 }
 
+/// Over which tokens [`MoeStats::with_balance`] takes the load-balancing loss's fᵢ and Pᵢ (see
+/// [`crate::balance`]).
+#[derive(Debug, Clone)]
+pub enum BalanceTokens<B: Backend> {
+    /// The call's tokens.
+    Batch,
+    /// Each of the call's sequences apart (the T tokens are `sequences` × S, sequence-major);
+    /// the loss is the mean over the sequences that hold a real token.
+    Sequence {
+        /// B, the number of sequences.
+        sequences: usize,
+    },
+    /// fᵢ from these first-choice counts `[E]` (every shard's, summed), Pᵢ from the call.
+    Counts(Tensor<B, 1>),
+}
+
 impl<B: Backend> MoeStats<B> {
-    /// Computes the statistics of one routing decision.
+    /// Computes the statistics of one routing decision, the balance loss over the call's tokens
+    /// ([`BalanceTokens::Batch`]).
     ///
     /// # Shapes
     /// - logits, probs: `[T, E]` (f32); probs rows sum to 1
@@ -116,6 +133,32 @@ impl<B: Backend> MoeStats<B> {
         real: Option<Tensor<B, 1, Bool>>,
         loss_dtype: FloatDType,
     ) -> Self {
+        Self::with_balance(
+            logits,
+            probs,
+            counts,
+            expert_bias,
+            real,
+            loss_dtype,
+            BalanceTokens::Batch,
+        )
+    }
+
+    /// [`new`](Self::new) with the balance loss over `balance`'s tokens (see
+    /// [`crate::balance`]): per sequence, or with fᵢ from counts summed over data-parallel
+    /// shards. Every statistic but the loss is the call's own.
+    ///
+    /// # Shapes
+    /// As [`new`](Self::new); for [`BalanceTokens::Counts`] the counts are `[E]`.
+    pub fn with_balance(
+        logits: Tensor<B, 2>,
+        probs: Tensor<B, 2>,
+        counts: RoutingCounts<B>,
+        expert_bias: Tensor<B, 1>,
+        real: Option<Tensor<B, 1, Bool>>,
+        loss_dtype: FloatDType,
+        balance: BalanceTokens<B>,
+    ) -> Self {
         let [t, e] = probs.dims();
         let device = probs.device();
         let weight = match real {
@@ -126,9 +169,19 @@ impl<B: Backend> MoeStats<B> {
         let n = num_tokens.clone().clamp_min(1.0); // [1] (≥ 1 so an all-padding batch gives 0s)
 
         let per_expert = counts.per_expert.float().cast(FloatDType::F32); // [E]
-        let f = per_expert.clone() / per_expert.clone().sum().clamp_min(1.0); // [E], sums to 1
         let p_mean = (probs.clone() * weight.clone()).sum_dim(0).reshape([e]) / n.clone(); // [E]
-        let aux_loss = (f * p_mean.clone()).sum().mul_scalar(e as f64); // [1]
+        let aux_loss = match balance {
+            BalanceTokens::Batch => balance_loss(per_expert.clone(), p_mean.clone()),
+            BalanceTokens::Counts(global) => {
+                balance_loss(global.cast(FloatDType::F32), p_mean.clone())
+            }
+            BalanceTokens::Sequence { sequences } => sequence_balance_loss(
+                probs.clone(),
+                counts.token_expert.clone(),
+                weight.clone(),
+                sequences,
+            ),
+        }; // [1]
 
         let lse = log_sum_exp(logits); // [T, 1]
         let z_loss = (lse.powi_scalar(2) * weight.clone()).sum() / n.clone(); // [1]
@@ -329,6 +382,52 @@ impl<B: Backend> CombinedMoeStats<B> {
     }
 }
 
+/// E · Σᵢ fᵢ·Pᵢ with fᵢ = countsᵢ / Σ counts `[1]`.
+///
+/// # Shapes
+/// - counts: `[E]` (first choices); p_mean: `[E]`
+fn balance_loss<B: Backend>(counts: Tensor<B, 1>, p_mean: Tensor<B, 1>) -> Tensor<B, 1> {
+    let e = counts.dims()[0];
+    let f = counts.clone() / counts.sum().clamp_min(1.0); // [E], sums to 1
+    (f * p_mean).sum().mul_scalar(e as f64) // [1]
+}
+
+/// The sequence-wise balance loss: E · Σᵢ fᵢ·Pᵢ of each sequence's real tokens, averaged over
+/// the sequences that hold one (DeepSeek-V3's complementary loss with Switch's first-choice fᵢ).
+///
+/// # Shapes
+/// - probs: `[T, E]`, T = sequences · S; first: `[T]` (first-choice experts); weight: `[T, 1]`
+///   (1 real, 0 padding)
+/// - output: `[1]`
+fn sequence_balance_loss<B: Backend>(
+    probs: Tensor<B, 2>,
+    first: Tensor<B, 1, Int>,
+    weight: Tensor<B, 2>,
+    sequences: usize,
+) -> Tensor<B, 1> {
+    let [t, e] = probs.dims();
+    let (b, s) = (sequences.max(1), t / sequences.max(1));
+    let device = probs.device();
+    let experts = Tensor::<B, 1, Int>::arange(0..e as i64, &device).reshape([1, e]); // [1, E]
+    let chosen = first
+        .reshape([t, 1])
+        .equal(experts)
+        .float()
+        .cast(FloatDType::F32)
+        * weight.clone(); // [T, E], real tokens' first choices
+    let real = weight.clone().reshape([b, s]).sum_dim(1); // [B, 1]
+    let per = real.clone().clamp_min(1.0); // [B, 1]
+    let f = chosen.reshape([b, s, e]).sum_dim(1).reshape([b, e]) / per.clone(); // [B, E]
+    let p = (probs * weight)
+        .reshape([b, s, e])
+        .sum_dim(1)
+        .reshape([b, e])
+        / per; // [B, E]
+    let per_sequence = (f * p).sum_dim(1).mul_scalar(e as f64); // [B, 1]
+    let has_tokens = real.greater_elem(0.0).float(); // [B, 1]
+    (per_sequence * has_tokens.clone()).sum() / has_tokens.sum().clamp_min(1.0) // [1]
+}
+
 /// log Σ_j exp(x_j) along the last dim, stabilised by the (constant) row maximum.
 ///
 /// # Shapes
@@ -354,7 +453,11 @@ mod tests {
         );
         let lse: Vec<f32> = log_sum_exp(x).into_data().to_vec().unwrap();
         // ln 2; 1000 + ln 2 (a naive exp overflows f32); ln(e⁻⁵ + e²) = 2.000911.
-        let expected = [2f64.ln(), 1000.0 + 2f64.ln(), ((-5f64).exp() + 2f64.exp()).ln()];
+        let expected = [
+            2f64.ln(),
+            1000.0 + 2f64.ln(),
+            ((-5f64).exp() + 2f64.exp()).ln(),
+        ];
         for (got, want) in lse.iter().zip(expected) {
             assert!((*got as f64 - want).abs() < 1e-4, "{lse:?} vs {expected:?}");
         }
@@ -362,7 +465,13 @@ mod tests {
 
     #[test]
     fn loss_weights_are_the_papers() {
-        assert_eq!(MoeLossWeights::default(), MoeLossWeights { aux: 0.01, z: 0.001 });
+        assert_eq!(
+            MoeLossWeights::default(),
+            MoeLossWeights {
+                aux: 0.01,
+                z: 0.001
+            }
+        );
         let device = Default::default();
         let one = Tensor::<B, 1>::from_floats([1.0], &device);
         let two = Tensor::<B, 1>::from_floats([2.0], &device);

@@ -452,7 +452,7 @@ fn every_setting_has_a_flag_that_reaches_the_config() {
     let base = printed_config(&["--preset", "cpu"]);
     let help = help("train");
     // (flag, value, JSON pointer of the field, the value expected there)
-    let cases: [(&str, &str, &str, serde_json::Value); 12] = [
+    let cases: [(&str, &str, &str, serde_json::Value); 16] = [
         (
             "--dropout",
             "0.3",
@@ -490,6 +490,30 @@ fn every_setting_has_a_flag_that_reaches_the_config() {
         ),
         ("--valid-fraction", "0.2", "/valid_fraction", 0.2.into()),
         ("--lr", "0.004", "/lr", 0.004.into()),
+        (
+            "--balance-scope",
+            "sequence",
+            "/model/encoder/layer/moe/balance_scope",
+            "Sequence".into(),
+        ),
+        (
+            "--n-group",
+            "4",
+            "/model/encoder/layer/moe/n_group",
+            4.into(),
+        ),
+        (
+            "--routed-scaling-factor",
+            "2.5",
+            "/model/encoder/layer/moe/routed_scaling_factor",
+            2.5.into(),
+        ),
+        (
+            "--forced-routing",
+            "round-robin",
+            "/model/encoder/layer/moe/forced_routing",
+            "RoundRobin".into(),
+        ),
     ];
     for (flag, value, pointer, expected) in cases {
         assert!(help.contains(flag), "{flag} is not in --help");
@@ -501,8 +525,12 @@ fn every_setting_has_a_flag_that_reaches_the_config() {
             "{flag}: the preset already has it"
         );
     }
-    let tied = printed_config(&["--preset", "cpu", "--tie-embeddings"]);
+    let tied = printed_config(&["--preset", "cpu", "--tie-embeddings", "--router-bias"]);
     assert_eq!(tied.pointer("/model/tie_embeddings"), Some(&true.into()));
+    assert_eq!(
+        tied.pointer("/model/encoder/layer/moe/router_bias"),
+        Some(&true.into())
+    );
     // The groups of --help.
     for heading in ["Data:", "Model:", "Routing:", "Optimisation:", "Run:"] {
         assert!(help.contains(heading), "no {heading} group in --help");

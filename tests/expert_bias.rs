@@ -150,4 +150,3 @@ fn bias_survives_a_record_round_trip() {
     assert_eq!(host(a), host(b), "identical routing after loading");
     assert_eq!(host(sa.tokens_per_expert), host(sb.tokens_per_expert));
 }
-

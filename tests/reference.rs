@@ -4,6 +4,9 @@
 //! token order, then all second choices; probability: each expert keeps its most probable
 //! assignments), or let each expert pick its top-C tokens (expert choice); run the chosen
 //! experts' FFNs on plain vectors, weight them by the unbiased gates, and add the shared experts.
+//! After Switch: a router bias on the logits, DeepSeek-V3's group-limited selection and routed
+//! scaling, a renormalised top-1 gate, forced (round-robin) routing, and gpt-oss's clamped SwiGLU
+//! with biases on every projection.
 
 mod common;
 
@@ -23,6 +26,9 @@ struct HostFfn {
     b_in: Option<Vec<f32>>,
     b_out: Option<Vec<f32>>,
     w_up: Option<Vec<f32>>, // [E, d, f], gated (SwiGLU) experts
+    b_up: Option<Vec<f32>>, // [E, f]
+    /// gpt-oss's clamped SwiGLU: (alpha, limit).
+    clamp: Option<(f64, f64)>,
 }
 
 impl HostFfn {
@@ -36,6 +42,13 @@ impl HostFfn {
             b_in: x.b_in.as_ref().map(|b| host(b.val())),
             b_out: x.b_out.as_ref().map(|b| host(b.val())),
             w_up: x.w_up.as_ref().map(|w| host(w.val())),
+            b_up: x.b_up.as_ref().map(|b| host(b.val())),
+            clamp: match x.activation {
+                switch_moe::ExpertActivation::ClampedSwiGlu { alpha, limit } => {
+                    Some((alpha, limit))
+                }
+                _ => None,
+            },
         }
     }
 
@@ -50,11 +63,19 @@ impl HostFfn {
             *hj = match &self.w_up {
                 None => s.max(0.0), // ReLU
                 Some(up) => {
-                    // SwiGLU: SiLU(x·W₁) · (x·W₃)
-                    let u: f64 = (0..d)
-                        .map(|i| x[i] as f64 * up[(e * d + i) * f + j] as f64)
-                        .sum();
-                    s / (1.0 + (-s).exp()) * u
+                    let u: f64 = self.b_up.as_ref().map_or(0.0, |b| b[e * f + j] as f64)
+                        + (0..d)
+                            .map(|i| x[i] as f64 * up[(e * d + i) * f + j] as f64)
+                            .sum::<f64>();
+                    match self.clamp {
+                        // SwiGLU: SiLU(x·W₁) · (x·W₃)
+                        None => s / (1.0 + (-s).exp()) * u,
+                        // gpt-oss: g = min(s, l); (clamp(u, ±l) + 1) · g · σ(α g)
+                        Some((alpha, limit)) => {
+                            let g = s.min(limit);
+                            (u.clamp(-limit, limit) + 1.0) * g / (1.0 + (-alpha * g).exp())
+                        }
+                    }
                 }
             };
         }
@@ -82,6 +103,14 @@ struct Opts {
     bias: Option<Vec<f64>>,
     probability_policy: bool,
     expert_choice: bool,
+    /// DeepSeek-V3's group limit: (groups, groups kept).
+    groups: Option<(usize, usize)>,
+    /// Routed scaling factor on the gates.
+    scaling: f64,
+    /// Renormalise a top-1 gate too.
+    normalize_top1: bool,
+    /// Token t's j-th choice is expert (t + j) mod E.
+    round_robin: bool,
 }
 
 impl Opts {
@@ -94,6 +123,10 @@ impl Opts {
             bias: None,
             probability_policy: false,
             expert_choice: false,
+            groups: None,
+            scaling: 1.0,
+            normalize_top1: false,
+            round_robin: false,
         }
     }
 }
@@ -102,7 +135,8 @@ impl Opts {
 struct HostMoe {
     e: usize,
     d: usize,
-    router: Vec<f32>, // [d, E]
+    router: Vec<f32>,              // [d, E]
+    router_bias: Option<Vec<f32>>, // [E]
     experts: HostFfn,
     shared: Option<(HostFfn, usize, Option<Vec<f32>>)>, // FFNs, n, gate [d]
 }
@@ -114,6 +148,7 @@ impl HostMoe {
             e,
             d,
             router: host(m.router.gate.weight.val()),
+            router_bias: m.router.gate.bias.as_ref().map(|b| host(b.val())),
             experts: HostFfn::read(&m.experts),
             shared: m.shared.as_ref().map(|s| {
                 (
@@ -130,9 +165,10 @@ impl HostMoe {
         let (d, e) = (self.d, self.e);
         let logits: Vec<f64> = (0..e)
             .map(|j| {
-                (0..d)
-                    .map(|i| xt[i] as f64 * self.router[i * e + j] as f64)
-                    .sum()
+                self.router_bias.as_ref().map_or(0.0, |b| b[j] as f64)
+                    + (0..d)
+                        .map(|i| xt[i] as f64 * self.router[i * e + j] as f64)
+                        .sum::<f64>()
             })
             .collect();
         if sigmoid {
@@ -188,16 +224,26 @@ impl HostMoe {
             let mut choices = vec![]; // per token: Vec<(expert, gate)>
             for tok in 0..t {
                 let (s, _) = self.scores(&x[tok * d..(tok + 1) * d], o.sigmoid);
-                let sel: Vec<f64> = (0..e)
+                let mut sel: Vec<f64> = (0..e)
                     .map(|j| s[j] + o.bias.as_ref().map_or(0.0, |b| b[j]))
                     .collect();
-                let mut order: Vec<usize> = (0..e).collect();
-                order.sort_by(|a, b| sel[*b].partial_cmp(&sel[*a]).unwrap().then(a.cmp(b)));
-                let mut top: Vec<(usize, f64)> = order[..o.k].iter().map(|&j| (j, s[j])).collect();
-                if (o.normalize || o.sigmoid) && o.k > 1 {
-                    let sum: f64 = top.iter().map(|c| c.1).sum();
-                    top.iter_mut().for_each(|c| c.1 /= sum);
+                if let Some((groups, keep)) = o.groups {
+                    limit_to_groups(&mut sel, groups, keep);
                 }
+                let chosen: Vec<usize> = if o.round_robin {
+                    (0..o.k).map(|j| (tok + j) % e).collect()
+                } else {
+                    let mut order: Vec<usize> = (0..e).collect();
+                    order.sort_by(|a, b| sel[*b].partial_cmp(&sel[*a]).unwrap().then(a.cmp(b)));
+                    order[..o.k].to_vec()
+                };
+                let mut top: Vec<(usize, f64)> = chosen.iter().map(|&j| (j, s[j])).collect();
+                if o.normalize && (o.k > 1 || o.normalize_top1) {
+                    let sum: f64 = top.iter().map(|c| c.1).sum();
+                    let eps = if o.sigmoid { 1e-20 } else { 0.0 };
+                    top.iter_mut().for_each(|c| c.1 /= sum + eps);
+                }
+                top.iter_mut().for_each(|c| c.1 *= o.scaling);
                 choices.push(top);
             }
             // Claim slots.
@@ -277,6 +323,27 @@ impl HostMoe {
     }
 }
 
+/// DeepSeek-V3's group limit on one token's selection scores: each group of E/groups experts is
+/// scored by the sum of its two largest scores; the experts outside the `keep` best groups get 0
+/// (ties between groups go to the lower group).
+fn limit_to_groups(sel: &mut [f64], groups: usize, keep: usize) {
+    let per = sel.len() / groups;
+    let scores: Vec<f64> = (0..groups)
+        .map(|g| {
+            let mut v = sel[g * per..(g + 1) * per].to_vec();
+            v.sort_by(|a, b| b.partial_cmp(a).unwrap());
+            v[0] + v[1]
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..groups).collect();
+    order.sort_by(|a, b| scores[*b].partial_cmp(&scores[*a]).unwrap().then(a.cmp(b)));
+    for g in order[keep..].iter() {
+        sel[g * per..(g + 1) * per]
+            .iter_mut()
+            .for_each(|v| *v = 0.0);
+    }
+}
+
 /// A block whose biases are non-zero so that they are exercised.
 fn randomize_biases(moe: &mut SwitchFeedForward<B>, rng: &mut Rng) {
     let device = device();
@@ -290,6 +357,16 @@ fn randomize_biases(moe: &mut SwitchFeedForward<B>, rng: &mut Rng) {
     let [e, d, f] = moe.experts.w_in.shape().dims::<3>();
     moe.experts.b_in = fill(e * f, [e, f], rng);
     moe.experts.b_out = fill(e * d, [e, d], rng);
+    if moe.experts.b_up.is_some() {
+        moe.experts.b_up = fill(e * f, [e, f], rng);
+    }
+    if moe.router.gate.bias.is_some() {
+        moe.router.gate.bias = Some(Param::from_tensor(tensor(
+            rng.normals(e, 0.5),
+            [e],
+            &device,
+        )));
+    }
 }
 
 fn case(e: usize, k: usize, capacity_factor: f64, bias: bool, pad: bool, seed: u64) {
@@ -618,4 +695,117 @@ fn skipped_fraction_counts_tokens_with_every_assignment_dropped() {
     let skipped = host(stats.skipped_fraction)[0];
     assert!(skipped >= 15.0 / 21.0 - 1e-6, "skipped {skipped}");
     assert!((skipped - dropped).abs() < 1e-6, "top-1: skipped = dropped");
+}
+
+#[test]
+fn group_limited_selection_with_scaling_matches_reference() {
+    // DeepSeek-V3's routing: sigmoid scores, a fixed selection bias, 4 groups of 2 of which 2
+    // are kept, gates normalised over the k and scaled by 2.5; with and without drops.
+    let bias = vec![0.2f32, -0.1, 0.05, 0.3, -0.2, 0.1, 0.0, -0.05];
+    let host_bias: Vec<f64> = bias.iter().map(|b| *b as f64).collect();
+    for (k, cf, seed) in [(2, 8.0, 90), (2, 0.7, 91), (3, 8.0, 92), (1, 0.6, 93)] {
+        option_case(
+            8,
+            k,
+            cf,
+            false,
+            true,
+            seed,
+            |c| {
+                c.with_router_score(RouterScore::Sigmoid)
+                    .with_selection_bias(true)
+                    .with_n_group(4)
+                    .with_topk_group(2)
+                    .with_routed_scaling_factor(2.5)
+            },
+            with_bias(bias.clone()),
+            |o| Opts {
+                sigmoid: true,
+                bias: Some(host_bias.clone()),
+                groups: Some((4, 2)),
+                scaling: 2.5,
+                ..o
+            },
+        );
+    }
+}
+
+#[test]
+fn router_bias_normalised_top1_and_round_robin_match_reference() {
+    // A bias on the router logits (gpt-oss), softmax top-2 and top-1 with drops.
+    for (k, cf, seed) in [(2, 0.7, 100), (1, 4.0, 101)] {
+        option_case(
+            4,
+            k,
+            cf,
+            true,
+            true,
+            seed,
+            |c| c.with_router_bias(true),
+            |_| {},
+            |o| o,
+        );
+    }
+    // A renormalised top-1 gate is exactly 1: the expert's output unweighted.
+    option_case(
+        4,
+        1,
+        0.6,
+        false,
+        true,
+        102,
+        |c| c.with_normalize_top1(true),
+        |_| {},
+        |o| Opts {
+            normalize_top1: true,
+            ..o
+        },
+    );
+    // Forced round-robin routing: balanced by construction; its balance losses are zero.
+    for (k, seed) in [(1, 103), (2, 104)] {
+        let (_, stats) = option_case(
+            4,
+            k,
+            1.0,
+            false,
+            true,
+            seed,
+            |c| c.with_forced_routing(switch_moe::ForcedRouting::RoundRobin),
+            |_| {},
+            |o| Opts {
+                round_robin: true,
+                ..o
+            },
+        );
+        assert_eq!(host(stats.aux_loss), vec![0.0]);
+        assert_eq!(host(stats.z_loss), vec![0.0]);
+    }
+}
+
+#[test]
+fn clamped_swiglu_experts_with_biases_match_reference() {
+    // gpt-oss's experts: biases on gate, up and down, (clamp(u) + 1) · g · σ(1.702 g) with
+    // g = min(gate, 7); inputs scaled up so that the clamp is hit.
+    for (k, cf, limit, seed) in [(2, 4.0, 7.0, 110), (2, 0.7, 0.5, 111), (1, 4.0, 0.3, 112)] {
+        option_case(
+            4,
+            k,
+            cf,
+            true,
+            true,
+            seed,
+            |c| {
+                c.with_swiglu()
+                    .with_glu_clamp(Some(switch_moe::GluClamp::new().with_limit(limit)))
+                    .with_router_bias(true)
+            },
+            |m| {
+                assert!(
+                    m.experts.b_up.is_some(),
+                    "gated experts with biases have b₃"
+                )
+            },
+            |o| o,
+        );
+    }
 }

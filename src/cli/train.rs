@@ -19,7 +19,7 @@ use crate::train::{
     CollapsePolicy, Preset, TokenizerKind, TrainOptions, TrainPlan, TrainingConfig, load_trained,
     time_steps, train_data_parallel,
 };
-use crate::{DropPolicy, Error, RouterScore, RoutingMode};
+use crate::{BalanceScope, DropPolicy, Error, ForcedRouting, RouterScore, RoutingMode};
 
 /// Train a small Switch Transformer (mixture-of-experts) language model on a text corpus, then
 /// print a few samples from it and draw the run's report.
@@ -135,6 +135,27 @@ pub struct Args {
     /// causal language model it would see future tokens.
     #[arg(long, value_parser = ["token-choice", "expert-choice"], help_heading = "Routing")]
     routing: Option<String>,
+    /// Over which tokens the load-balancing loss takes its fractions: batch (each forward's
+    /// tokens, Switch), sequence (each sequence apart, DeepSeek-V3) or global (every token of the
+    /// optimiser step across --devices, Megatron-Core).
+    #[arg(long, value_parser = ["batch", "sequence", "global"], help_heading = "Routing")]
+    balance_scope: Option<String>,
+    /// Group-limited routing (DeepSeek-V3): the experts form this many groups.
+    #[arg(long, help_heading = "Routing")]
+    n_group: Option<usize>,
+    /// Groups a token may choose its experts from (with --n-group).
+    #[arg(long, help_heading = "Routing")]
+    topk_group: Option<usize>,
+    /// Factor on the gates after normalisation (DeepSeek-V3's routed_scaling_factor, 2.5).
+    #[arg(long, help_heading = "Routing")]
+    routed_scaling_factor: Option<f64>,
+    /// A bias on the router logits (gpt-oss).
+    #[arg(long, help_heading = "Routing")]
+    router_bias: bool,
+    /// Debug: choose experts without the router (round-robin or uniform random; balance losses
+    /// off), to measure speed without the router's imbalance.
+    #[arg(long, value_parser = ["off", "round-robin", "random"], help_heading = "Routing")]
+    forced_routing: Option<String>,
 
     // --- Optimisation ---
     /// Peak learning rate (AdamW, linear warm-up then cosine).
@@ -360,6 +381,26 @@ fn apply_flags(mut c: TrainingConfig, args: &Args) -> TrainingConfig {
             "expert-choice" => RoutingMode::ExpertChoice,
             _ => RoutingMode::TokenChoice,
         };
+    }
+    if let Some(scope) = &args.balance_scope {
+        moe.balance_scope = match scope.as_str() {
+            "sequence" => BalanceScope::Sequence,
+            "global" => BalanceScope::Global,
+            _ => BalanceScope::Batch,
+        };
+    }
+    if let Some(forced) = &args.forced_routing {
+        moe.forced_routing = match forced.as_str() {
+            "round-robin" => ForcedRouting::RoundRobin,
+            "random" => ForcedRouting::Random,
+            _ => ForcedRouting::Off,
+        };
+    }
+    set!(args.n_group, moe.n_group);
+    set!(args.topk_group, moe.topk_group);
+    set!(args.routed_scaling_factor, moe.routed_scaling_factor);
+    if args.router_bias {
+        moe.router_bias = true;
     }
     if args.tie_embeddings {
         c.model.tie_embeddings = true;
@@ -741,6 +782,11 @@ fn flag_of(field: &str) -> Option<&'static str> {
         "num_shared_experts" => "--shared-experts",
         "routing" | "encoder.layer.moe.routing" => "--routing",
         "dead_expert_steps" => "--dead-expert-steps",
+        "balance_scope" => "--balance-scope",
+        "n_group" => "--n-group",
+        "topk_group" => "--topk-group",
+        "routed_scaling_factor" => "--routed-scaling-factor",
+        "forced_routing" => "--forced-routing",
         "max_load_alarm" => "--max-load-alarm",
         _ => return None,
     })

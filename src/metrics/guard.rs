@@ -164,6 +164,7 @@ pub struct RunGuard {
     overloaded: Vec<bool>,
     stopped: bool,
     steps_per_epoch: usize,
+    devices: usize,
     name: MetricName,
 }
 
@@ -179,6 +180,7 @@ impl RunGuard {
             overloaded: Vec::new(),
             stopped: false,
             steps_per_epoch: 0,
+            devices: 1,
             name: Arc::new("Router Health".to_string()),
         }
     }
@@ -189,12 +191,20 @@ impl RunGuard {
         self
     }
 
+    /// Data-parallel devices: burn-train counts each device's shard as an iteration; alarms
+    /// name the optimiser step (one per `devices` shards).
+    pub fn with_devices(mut self, devices: usize) -> Self {
+        self.devices = devices.max(1);
+        self
+    }
+
     fn raise(&mut self, kind: AlarmKind, metadata: &MetricMetadata, stop: bool) -> String {
         let epoch = metadata.global_progress.items_processed;
         let alarm = Alarm {
             kind,
             epoch,
-            step: epoch.saturating_sub(1) * self.steps_per_epoch + metadata.iteration.unwrap_or(0),
+            step: epoch.saturating_sub(1) * self.steps_per_epoch
+                + metadata.iteration.unwrap_or(0).div_ceil(self.devices),
             stopped: stop && !self.stopped,
         };
         let line = alarm.to_string();

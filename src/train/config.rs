@@ -240,8 +240,9 @@ impl TrainingConfig {
     /// A config from a JSON value: checked for unknown keys (first against a preset's keys, so
     /// that a typo is named rather than reported as the missing setting it hides), typed (errors
     /// name the field), then checked against its own keys.
-    fn from_value(value: serde_json::Value) -> std::result::Result<Self, (String, String)> {
+    fn from_value(mut value: serde_json::Value) -> std::result::Result<Self, (String, String)> {
         check_known(&value, &super::Preset::Cpu.config())?;
+        add_missing_newer_fields(&mut value);
         // Parsed from text so that a type error has a position, which names its field.
         let text = serde_json::to_string_pretty(&value).unwrap_or_default();
         let config: Self = serde_json::from_str(&text).map_err(|e| {
@@ -303,6 +304,33 @@ fn check_known(
                      config.json lists every setting)"
                 ),
             ))
+        }
+    }
+}
+
+/// Settings added after a config.json could have been written, with the value that reproduces
+/// the older behaviour: a run's config from an earlier version still reads (and resumes).
+const NEWER_FIELDS: [(&str, &str); 9] = [
+    ("model.tie_embeddings", "false"),
+    ("model.encoder.layer.moe.balance_scope", "\"Batch\""),
+    ("model.encoder.layer.moe.router_bias", "false"),
+    ("model.encoder.layer.moe.n_group", "1"),
+    ("model.encoder.layer.moe.topk_group", "1"),
+    ("model.encoder.layer.moe.routed_scaling_factor", "1.0"),
+    ("model.encoder.layer.moe.normalize_top1", "false"),
+    ("model.encoder.layer.moe.selection_bias", "false"),
+    ("model.encoder.layer.moe.forced_routing", "\"Off\""),
+];
+
+/// Inserts each of [`NEWER_FIELDS`] that `value` lacks (where its parent object exists).
+fn add_missing_newer_fields(value: &mut serde_json::Value) {
+    for (path, default) in NEWER_FIELDS {
+        let (parent, last) = path.rsplit_once('.').unwrap_or(("", path));
+        let pointer = format!("/{}", parent.replace('.', "/"));
+        if let Some(object) = value.pointer_mut(&pointer).and_then(|v| v.as_object_mut()) {
+            object
+                .entry(last)
+                .or_insert_with(|| serde_json::from_str(default).expect("a JSON literal"));
         }
     }
 }
@@ -537,6 +565,21 @@ mod tests {
         let (field, _) =
             TrainingConfig::from_json_over(r#"{"model": {"max_seq_lne": 8}}"#, &base).unwrap_err();
         assert_eq!(field, "model.max_seq_lne");
+
+        // A config.json of an earlier version (without the settings added since) still reads.
+        let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        old["model"]
+            .as_object_mut()
+            .unwrap()
+            .remove("tie_embeddings");
+        let moe = old["model"]["encoder"]["layer"]["moe"]
+            .as_object_mut()
+            .unwrap();
+        for (path, _) in NEWER_FIELDS.iter().skip(1) {
+            moe.remove(path.rsplit('.').next().unwrap());
+        }
+        let older = TrainingConfig::from_json(&old.to_string()).expect("an older file reads");
+        assert_eq!(older.to_string(), text);
 
         assert_eq!(edit_distance("jiter", "jitter"), 1);
         assert_eq!(edit_distance("kitten", "sitting"), 3);

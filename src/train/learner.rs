@@ -77,8 +77,8 @@ where
         interrupter.clone(),
         watch.alarms.clone(),
     )
-    // The Learner counts one iteration per device's shard.
-    .with_steps_per_epoch(plan.steps_per_epoch * plan.devices);
+    .with_steps_per_epoch(plan.steps_per_epoch)
+    .with_devices(plan.devices);
     training = training.metric_train(guard);
     for kind in [LmMetricKind::Loss, LmMetricKind::Perplexity] {
         training = training
@@ -123,10 +123,10 @@ where
         ));
     }
     if plain {
-        training = training.renderer(PlainRenderer::new(10).with_run(
-            plan.steps_per_epoch * plan.devices,
-            plan.tokens_per_step() / plan.devices,
-        ));
+        let renderer = PlainRenderer::new(10)
+            .with_run(plan.steps_per_epoch, plan.tokens_per_step())
+            .with_devices(plan.devices);
+        training = training.renderer(renderer);
     }
     training
 }

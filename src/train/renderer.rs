@@ -87,6 +87,8 @@ impl Means {
 struct RunShape {
     steps_per_epoch: usize,
     tokens_per_step: usize,
+    /// Data-parallel devices: burn-train counts each device's shard as an iteration.
+    devices: usize,
 }
 
 /// Prints progress as plain lines on stdout.
@@ -126,12 +128,23 @@ impl PlainRenderer {
     }
 
     /// Adds steps/s, tokens/s and the time left to the training lines: the run has
-    /// `steps_per_epoch` optimiser steps per epoch of `tokens_per_step` tokens each.
+    /// `steps_per_epoch` optimiser steps per epoch of `tokens_per_step` tokens each (all
+    /// devices' shards together).
     pub fn with_run(mut self, steps_per_epoch: usize, tokens_per_step: usize) -> Self {
         self.shape = Some(RunShape {
             steps_per_epoch: steps_per_epoch.max(1),
             tokens_per_step,
+            devices: 1,
         });
+        self
+    }
+
+    /// The run trains on `devices` devices in data parallel: burn-train reports each device's
+    /// shard as an iteration, the lines count optimiser steps (one per `devices` shards).
+    pub fn with_devices(mut self, devices: usize) -> Self {
+        if let Some(shape) = &mut self.shape {
+            shape.devices = devices.max(1);
+        }
         self
     }
 
@@ -152,7 +165,7 @@ impl PlainRenderer {
             return format!("{items_percent:>3}%  iter {iteration}");
         };
         let epoch = item.global_progress.items_processed.max(1);
-        let step = (epoch - 1) * shape.steps_per_epoch + iteration;
+        let step = (epoch - 1) * shape.steps_per_epoch + iteration.div_ceil(shape.devices);
         let total = item.global_progress.items_total * shape.steps_per_epoch;
         let now = Instant::now();
         let (start, first) = *self.first_step.get_or_insert((now, step));

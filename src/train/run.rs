@@ -126,6 +126,10 @@ pub fn train_data_parallel<B: AutodiffBackend>(
     // schedule.
     B::seed(&device, config.seed);
     let model: SwitchLm<B> = config.model.init(&device);
+    // A `Global` balance scope meets the other devices' counts at every training forward.
+    for balance in model.encoder.global_balances() {
+        balance.set_parties(n_devices);
+    }
     let clip = GradientClippingConfig::Norm((config.grad_clip * n_devices as f64) as f32);
     let optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
