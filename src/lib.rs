@@ -79,6 +79,7 @@ pub mod shared;
 pub mod stats;
 #[cfg(feature = "train")]
 pub mod train;
+pub mod upcycle;
 
 /// The README's code blocks, compiled as doc tests.
 #[cfg(doctest)]
@@ -108,3 +109,4 @@ pub use router::{Router, RouterScore, Routing};
 pub use routing_stats::{LayerRoutingStats, RoutingStats};
 pub use shared::SharedExperts;
 pub use stats::{BalanceTokens, CombinedMoeStats, MoeLossWeights, MoeStats, RoutingCounts};
+pub use upcycle::{Upcycle, UpcycleMode};
