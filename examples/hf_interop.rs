@@ -1,6 +1,7 @@
-//! Hugging Face interop, both directions: loads the sparse blocks of the three committed
-//! fixtures (`SwitchTransformers`, `Mixtral`, `Qwen2-MoE`, written by transformers 4.57.1), runs
-//! them on the fixtures' inputs, and saves them back under HF's names into OUT_DIR.
+//! Hugging Face interop, both directions: loads the sparse blocks of the committed fixtures
+//! (SwitchTransformers, Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3, gpt-oss dense and
+//! MXFP4, written by transformers 4.57.1), runs them on the fixtures' inputs, and saves them back
+//! under HF's names into OUT_DIR (gpt-oss's MXFP4 block as dense `experts.*_proj`).
 //!
 //! ```text
 //! cargo run --example hf_interop -- target/hf-export
@@ -58,6 +59,40 @@ fn run(out: &std::path::Path) -> switch_moe::Result<()> {
             HfFormat::Qwen2Moe
                 .config(d, f, e, 2)
                 .with_num_shared_experts(2),
+        ),
+        (
+            "qwen3_moe",
+            HfFormat::Qwen3Moe,
+            "model.layers.0.mlp",
+            HfFormat::Qwen3Moe.config(d, f, 8, 3),
+        ),
+        (
+            "olmoe",
+            HfFormat::Olmoe,
+            "model.layers.0.mlp",
+            HfFormat::Olmoe.config(d, f, 8, 2),
+        ),
+        (
+            "deepseek_v3",
+            HfFormat::DeepseekV3,
+            "model.layers.3.mlp",
+            HfFormat::DeepseekV3
+                .config(d, f, 16, 4)
+                .with_n_group(4)
+                .with_topk_group(2)
+                .with_num_shared_experts(2),
+        ),
+        (
+            "gpt_oss",
+            HfFormat::GptOss,
+            "model.layers.0.mlp",
+            HfFormat::GptOss.config(d, f, 8, 4),
+        ),
+        (
+            "gpt_oss_mxfp4",
+            HfFormat::GptOss,
+            "model.layers.0.mlp",
+            HfFormat::GptOss.config(64, 64, 4, 2),
         ),
     ];
     for (name, format, prefix, config) in blocks {

@@ -254,22 +254,22 @@ impl SwitchFeedForwardConfig {
             ));
         }
         match &self.activation {
-            ActivationConfig::SwiGlu(glu) => {
-                if glu.d_input != self.d_model || glu.d_output != self.d_ff || glu.bias {
-                    return Err(Error::config(
-                        C,
-                        "activation",
-                        format!(
-                            "SwiGlu(d_input {}, d_output {}, bias {})",
-                            glu.d_input, glu.d_output, glu.bias
-                        ),
-                        format!(
-                            "gated experts need SwiGluConfig::new(d_model = {}, d_ff = {}) without \
-                             bias (or call with_swiglu())",
-                            self.d_model, self.d_ff
-                        ),
-                    ));
-                }
+            ActivationConfig::SwiGlu(glu)
+                if glu.d_input != self.d_model || glu.d_output != self.d_ff || glu.bias =>
+            {
+                return Err(Error::config(
+                    C,
+                    "activation",
+                    format!(
+                        "SwiGlu(d_input {}, d_output {}, bias {})",
+                        glu.d_input, glu.d_output, glu.bias
+                    ),
+                    format!(
+                        "gated experts need SwiGluConfig::new(d_model = {}, d_ff = {}) without \
+                         bias (or call with_swiglu())",
+                        self.d_model, self.d_ff
+                    ),
+                ));
             }
             other if ExpertActivation::from_config(other).is_none() => {
                 return Err(Error::config(

@@ -86,6 +86,7 @@ fn global_scope_on_two_shards_equals_batch_on_their_concatenation() {
             .iter()
             .map(|x| {
                 let replica = global.clone();
+                #[allow(clippy::clone_on_copy)] // not Copy on every backend (wgpu)
                 let device = device.clone();
                 scope.spawn(move || {
                     let (_, stats) = replica.forward(tensor(x.clone(), [1, s, d], &device), None);

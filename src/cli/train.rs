@@ -201,7 +201,7 @@ pub struct Args {
     #[arg(long, value_parser = ["cpu", "gpu"], help_heading = "Run")]
     preset: Option<String>,
     /// Where config, tokenizer, model.txt, checkpoints, logs, routing.csv and the report go.
-    /// Default: artifacts/<unix-time>.
+    /// Default: `artifacts/<unix-time>`.
     #[arg(long, help_heading = "Run")]
     artifact_dir: Option<PathBuf>,
     /// Continue the run in --artifact-dir from its last checkpoint (model settings come from its

@@ -1,5 +1,6 @@
 //! Writing Hugging Face sparse blocks: [`HfExport`] splits our stacked experts into HF's
-//! per-expert tensors under HF's names and saves them through burn-store's safetensors writer.
+//! per-expert tensors (or gpt-oss's fused, interleaved ones, dense) under HF's names and saves
+//! them through burn-store's safetensors writer.
 
 use std::path::Path;
 
@@ -21,11 +22,23 @@ struct HfExpert<B: Backend> {
     w2: Linear<B>,
 }
 
+/// gpt-oss's fused experts, `x @ W` layout (not `Linear`s, so the adapter does not transpose
+/// them): `gate_up_proj` `[E, d, 2f]` (gate and up columns interleaved), `down_proj` `[E, f, d]`.
+#[derive(Module, Debug)]
+struct FusedExperts<B: Backend> {
+    gate_up_proj: Param<Tensor<B, 3>>,
+    gate_up_proj_bias: Param<Tensor<B, 2>>,
+    down_proj: Param<Tensor<B, 3>>,
+    down_proj_bias: Param<Tensor<B, 2>>,
+}
+
 /// One sparse block in HF's layout, saved through burn-store with key remapping.
 #[derive(Module, Debug)]
 struct HfBlock<B: Backend> {
     gate: Linear<B>,
+    e_score_correction_bias: Option<Param<Tensor<B, 1>>>,
     experts: Vec<HfExpert<B>>,
+    fused: Option<FusedExperts<B>>,
     shared_expert: Option<HfExpert<B>>,
     shared_expert_gate: Option<Linear<B>>,
 }
@@ -52,6 +65,26 @@ fn hf_expert<B: Backend>(x: &Experts<B>, i: usize) -> HfExpert<B> {
         w3: x.w_up.as_ref().map(|w| linear(take(w.val(), d, f))),
         w2: linear(take(x.w_out.val(), f, d)),
     }
+}
+
+/// A gated stack with biases in gpt-oss's fused layout: column 2j of `gate_up_proj` is W₁'s
+/// column j, column 2j + 1 is W₃'s.
+fn fused_experts<B: Backend>(x: &Experts<B>) -> Option<FusedExperts<B>> {
+    let [e, d, f] = x.w_in.shape().dims::<3>();
+    let (w_up, b_in, b_up, b_out) = (
+        x.w_up.as_ref()?,
+        x.b_in.as_ref()?,
+        x.b_up.as_ref()?,
+        x.b_out.as_ref()?,
+    );
+    let gate_up = Tensor::stack::<4>(vec![x.w_in.val(), w_up.val()], 3).reshape([e, d, 2 * f]); // [E, d, 2f]
+    let gate_up_bias = Tensor::stack::<3>(vec![b_in.val(), b_up.val()], 2).reshape([e, 2 * f]); // [E, 2f]
+    Some(FusedExperts {
+        gate_up_proj: Param::from_tensor(gate_up),
+        gate_up_proj_bias: Param::from_tensor(gate_up_bias),
+        down_proj: Param::from_tensor(x.w_out.val()),
+        down_proj_bias: Param::from_tensor(b_out.val()),
+    })
 }
 
 /// A stack of n experts of width f as one expert of width n·f.
@@ -104,13 +137,30 @@ impl<B: Backend> HfExport<B> {
         let format = self.format;
         let problem = format
             .block_problem(block)
+            .or_else(|| selection_bias_problem(format, block))
             .map(|p| format!("{prefix}: {p}"));
         match problem {
             Some(p) => self.problems.push(p),
             None => {
+                let router = &block.router.gate;
                 let hf = HfBlock {
-                    gate: linear(block.router.gate.weight.val()),
-                    experts: (0..x.num_experts()).map(|i| hf_expert(x, i)).collect(),
+                    gate: Linear {
+                        weight: Param::from_tensor(router.weight.val()),
+                        bias: router.bias.as_ref().map(|b| Param::from_tensor(b.val())),
+                    },
+                    e_score_correction_bias: format
+                        .selection_bias_name()
+                        .map(|_| Param::from_tensor(block.router.expert_bias())),
+                    experts: if format.fused() {
+                        Vec::new()
+                    } else {
+                        (0..x.num_experts()).map(|i| hf_expert(x, i)).collect()
+                    },
+                    fused: if format.fused() {
+                        fused_experts(x)
+                    } else {
+                        None
+                    },
                     shared_expert: block.shared.as_ref().map(|s| merged_expert(&s.experts)),
                     shared_expert_gate: block
                         .shared
@@ -153,11 +203,18 @@ impl<B: Backend> HfExport<B> {
                 format!(".shared_expert.{theirs}."),
             )?;
         }
+        if let Some(shared) = self.format.shared() {
+            r = add(r, r"\.shared_expert\.".into(), format!(".{}.", shared.name))?;
+        }
+        let router = self.format.router_name().trim_end_matches(".weight");
+        r = add(r, r"\.gate\.weight$".into(), format!(".{router}.weight"))?;
+        r = add(r, r"\.gate\.bias$".into(), format!(".{router}.bias"))?;
         r = add(
             r,
-            r"\.gate\.weight$".to_string(),
-            format!(".{}", self.format.router_name()),
+            r"\.e_score_correction_bias$".into(),
+            ".gate.e_score_correction_bias".into(),
         )?;
+        r = add(r, r"\.fused\.".into(), ".experts.".into())?;
         for (j, (prefix, _)) in self.blocks.iter().enumerate() {
             let to = if prefix.is_empty() {
                 String::new()
@@ -193,4 +250,27 @@ impl<B: Backend> HfExport<B> {
         file.save_into(&mut store)
             .map_err(|e| Error::hf(path, format!("cannot write: {e}")))
     }
+}
+
+/// A format without a selection bias cannot carry a block whose bias is not zero: HF would
+/// route differently. Reads the bias to the host (export is a host operation anyway).
+fn selection_bias_problem<B: Backend>(
+    format: HfFormat,
+    block: &SwitchFeedForward<B>,
+) -> Option<String> {
+    if format.selection_bias_name().is_some() || block.router.expert_bias.is_none() {
+        return None;
+    }
+    let bias = block
+        .router
+        .expert_bias()
+        .into_data()
+        .to_vec::<f32>()
+        .ok()?;
+    bias.iter().any(|b| *b != 0.0).then(|| {
+        format!(
+            "{format:?} has no selection bias; the block's (expert_bias_rate or selection_bias) \
+             is not zero and would be lost (export as DeepseekV3, or train without it)"
+        )
+    })
 }

@@ -1,15 +1,16 @@
 //! Reading Hugging Face sparse blocks: [`HfCheckpoint`] maps a safetensors file (burn-store) and
 //! loads the block under a prefix into a [`SwitchFeedForward`], stacking the experts' `[out, in]`
-//! weights into `[E, d, f]` / `[E, f, d]`, shapes checked before anything is replaced.
+//! weights into `[E, d, f]` / `[E, f, d]` (or splitting gpt-oss's fused, interleaved ones, and
+//! dequantising MXFP4), shapes checked before anything is replaced.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use burn::module::Param;
-use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::{DType, FloatDType, Tensor, TensorData, backend::Backend};
 use burn_store::{ModuleStore, SafetensorsStore};
 
-use super::{HfFormat, join};
+use super::{HfFormat, join, mxfp4};
 use crate::error::{Error, Result};
 use crate::experts::Experts;
 use crate::moe::{SwitchFeedForward, SwitchFeedForwardConfig};
@@ -78,7 +79,8 @@ impl HfCheckpoint {
         Ok(Tensor::from_data(data, device))
     }
 
-    fn data(&mut self, name: &str) -> Result<TensorData> {
+    /// Tensor `name` as stored.
+    fn raw(&mut self, name: &str) -> Result<TensorData> {
         let path = self.path.clone();
         if !self.keys.contains(name) {
             return Err(Error::hf(
@@ -91,17 +93,62 @@ impl HfCheckpoint {
             .get_snapshot(name)
             .map_err(|e| Error::hf(&path, format!("tensor {name}: {e}")))?
             .ok_or_else(|| Error::hf(&path, format!("tensor {name} is missing")))?;
-        let data = snapshot
+        snapshot
             .to_data()
-            .map_err(|e| Error::hf(&path, format!("tensor {name}: cannot read: {e}")))?;
+            .map_err(|e| Error::hf(&path, format!("tensor {name}: cannot read: {e}")))
+    }
+
+    /// Tensor `name` as f32 (from any float dtype).
+    fn data(&mut self, name: &str) -> Result<TensorData> {
+        let data = self.raw(name)?;
         match data.dtype {
             DType::F32 => Ok(data),
             DType::F64 | DType::F16 | DType::BF16 => Ok(data.convert::<f32>()),
             other => Err(Error::hf(
-                &path,
+                &self.path,
                 format!("tensor {name}: dtype {other:?}, expected a float type"),
             )),
         }
+    }
+
+    /// U8 tensor `name` (MXFP4 blocks and scales) with the shape `shape`.
+    fn bytes(&mut self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
+        let data = self.raw(name)?;
+        if data.dtype != DType::U8 {
+            return Err(Error::hf(
+                &self.path,
+                format!("tensor {name}: dtype {:?}, expected U8 (MXFP4)", data.dtype),
+            ));
+        }
+        self.check_shape(name, &data.shape, shape, "")?;
+        data.to_vec::<u8>()
+            .map_err(|e| Error::hf(&self.path, format!("tensor {name}: cannot read: {e:?}")))
+    }
+
+    fn check_shape(&self, name: &str, got: &[usize], want: &[usize], how: &str) -> Result<()> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(Error::hf(
+                &self.path,
+                format!(
+                    "tensor {name}: shape {got:?} does not fit the config, which expects \
+                     {want:?}{how}"
+                ),
+            ))
+        }
+    }
+
+    /// Float tensor `name` with the shape `shape`.
+    fn shaped<B: Backend, const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        let data = self.data(name)?;
+        self.check_shape(name, &data.shape, &shape, "")?;
+        Ok(Tensor::from_data(data, device))
     }
 
     /// ", the file has … under …" for a missing name: how many tensors share its block prefix.
@@ -132,16 +179,12 @@ impl HfCheckpoint {
         device: &B::Device,
     ) -> Result<Tensor<B, 2>> {
         let data = self.data(name)?;
-        if data.shape.as_slice() != out_in {
-            return Err(Error::hf(
-                &self.path,
-                format!(
-                    "tensor {name}: shape {:?} does not fit the config, which expects {out_in:?} \
-                     ([out, in] as nn.Linear stores it)",
-                    data.shape
-                ),
-            ));
-        }
+        self.check_shape(
+            name,
+            &data.shape,
+            &out_in,
+            " ([out, in] as nn.Linear stores it)",
+        )?;
         Ok(Tensor::<B, 2>::from_data(data, device).transpose())
     }
 
@@ -179,16 +222,17 @@ impl HfCheckpoint {
         Ok(block)
     }
 
-    /// Replaces the router, expert and shared-expert weights of `block` with the tensors under
-    /// `prefix`, keeping each parameter's id and dtype (an f16 block stays f16). Routing
-    /// settings (k, gate normalisation, capacity) are the block's own: build it with
-    /// [`HfFormat::config`].
+    /// Replaces the router, expert and shared-expert weights of `block` (and the router bias,
+    /// the selection bias and the expert biases of the formats that have them) with the tensors
+    /// under `prefix`, keeping each parameter's id and dtype (an f16 block stays f16). Routing
+    /// settings (k, gate normalisation, groups, capacity) are the block's own: build it with
+    /// [`HfFormat::config`] or [`HfFormat::from_config_json`].
     ///
     /// # Errors
     /// [`Error::Hf`] naming the tensor when one is missing or its shape does not fit the block,
     /// and naming the setting when the block cannot hold this format: gated vs plain experts,
-    /// biases, sigmoid scores, more experts in the file than the block has, or a shared expert
-    /// present on one side only. The block is left unchanged on error.
+    /// the activation, biases, the router's scores, more experts in the file than the block has,
+    /// or a shared expert present on one side only. The block is left unchanged on error.
     pub fn load_into<B: Backend>(
         &mut self,
         block: &mut SwitchFeedForward<B>,
@@ -200,38 +244,57 @@ impl HfCheckpoint {
         self.check_block(block, prefix, format, e)?;
 
         let router = self.linear::<B>(&join(prefix, format.router_name()), [e, d], &device)?; // [d, E]
-        let experts: Vec<String> = (0..e)
-            .map(|i| join(prefix, &format.expert_prefix(i)))
-            .collect();
-        let (w_in, w_up, w_out) = self.stacked::<B>(&experts, format, d, f, &device)?;
+        let router_bias = match format.router_bias_name() {
+            Some(name) => Some(self.shaped::<B, 1>(&join(prefix, name), [e], &device)?), // [E]
+            None => None,
+        };
+        let selection_bias = match format.selection_bias_name() {
+            Some(name) => Some(self.shaped::<B, 1>(&join(prefix, name), [e], &device)?), // [E]
+            None => None,
+        };
+        let routed = if format.fused() {
+            self.fused::<B>(prefix, e, d, f, &device)?
+        } else {
+            let experts: Vec<String> = (0..e)
+                .map(|i| join(prefix, &format.expert_prefix(i)))
+                .collect();
+            self.stacked::<B>(&experts, format, d, f, &device)?
+        };
 
-        let shared = match &block.shared {
-            Some(shared) => {
+        let shared = match (&block.shared, format.shared()) {
+            (Some(shared), Some(names)) => {
                 let n = shared.experts.num_experts();
-                let name = join(prefix, "shared_expert");
-                let (s_in, s_up, s_out) = self.stacked::<B>(&[name], format, d, n * f, &device)?;
+                let name = join(prefix, names.name);
+                let wide = self.stacked::<B>(&[name], format, d, n * f, &device)?;
                 // One expert of width n·f → n experts of width f: split the hidden units.
-                let s_in = s_in.reshape([d, n, f]).swap_dims(0, 1); // [n, d, f]
-                let s_up = s_up.map(|u| u.reshape([d, n, f]).swap_dims(0, 1)); // [n, d, f]
-                let s_out = s_out.reshape([n, f, d]); // [n, f, d]
-                let gate = match &shared.gate {
-                    Some(_) => Some(self.linear::<B>(
-                        &join(prefix, "shared_expert_gate.weight"),
-                        [1, d],
-                        &device,
-                    )?), // [d, 1]
+                let split = Loaded {
+                    w_in: wide.w_in.reshape([d, n, f]).swap_dims(0, 1), // [n, d, f]
+                    w_up: wide.w_up.map(|u| u.reshape([d, n, f]).swap_dims(0, 1)), // [n, d, f]
+                    w_out: wide.w_out.reshape([n, f, d]),               // [n, f, d]
+                    biases: None,
+                };
+                let gate = match names.gate {
+                    Some(gate) => Some(self.linear::<B>(&join(prefix, gate), [1, d], &device)?), // [d, 1]
                     None => None,
                 };
-                Some((s_in, s_up, s_out, gate))
+                Some((split, gate))
             }
-            None => None,
+            _ => None,
         };
 
         // Every tensor read and checked: only now touch the block.
         replace(&mut block.router.gate.weight, router);
-        set_experts(&mut block.experts, w_in, w_up, w_out);
-        if let (Some(target), Some((s_in, s_up, s_out, gate))) = (block.shared.as_mut(), shared) {
-            set_experts(&mut target.experts, s_in, s_up, s_out);
+        if let (Some(p), Some(b)) = (block.router.gate.bias.as_mut(), router_bias) {
+            replace(p, b);
+        }
+        if let (Some(state), Some(b)) = (block.router.expert_bias.as_mut(), selection_bias) {
+            // A new state (same id): clones of the block made before keep their own bias.
+            let id = state.clone().into_record().id;
+            *state = RunningState::with_id(id, b.cast(FloatDType::F32));
+        }
+        set_experts(&mut block.experts, routed);
+        if let (Some(target), Some((split, gate))) = (block.shared.as_mut(), shared) {
+            set_experts(&mut target.experts, split);
             if let (Some(g), Some(w)) = (target.gate.as_mut(), gate) {
                 replace(&mut g.weight, w);
             }
@@ -242,7 +305,6 @@ impl HfCheckpoint {
     /// Reads the experts named `names[i]` and stacks them: `[n, d, f]`, optional `[n, d, f]`,
     /// `[n, f, d]`; each a single expert when `names` has one entry (the shared expert, `n`=1
     /// with hidden width `f`, returned as `[d, f]`-shaped blocks reshaped by the caller).
-    #[allow(clippy::type_complexity)]
     fn stacked<B: Backend>(
         &mut self,
         names: &[String],
@@ -250,7 +312,7 @@ impl HfCheckpoint {
         d: usize,
         f: usize,
         device: &B::Device,
-    ) -> Result<(Tensor<B, 3>, Option<Tensor<B, 3>>, Tensor<B, 3>)> {
+    ) -> Result<Loaded<B>> {
         let n = format.expert_names();
         let (mut w_in, mut w_up, mut w_out) = (Vec::new(), Vec::new(), Vec::new());
         for expert in names {
@@ -261,8 +323,83 @@ impl HfCheckpoint {
             }
             w_out.push(self.linear::<B>(&name(n.w_out), [d, f], device)?); // [f, d]
         }
-        let w_up = (!w_up.is_empty()).then(|| Tensor::stack(w_up, 0));
-        Ok((Tensor::stack(w_in, 0), w_up, Tensor::stack(w_out, 0)))
+        Ok(Loaded {
+            w_in: Tensor::stack(w_in, 0),
+            w_up: (!w_up.is_empty()).then(|| Tensor::stack(w_up, 0)),
+            w_out: Tensor::stack(w_out, 0),
+            biases: None,
+        })
+    }
+
+    /// gpt-oss's fused experts: `gate_up_proj` `[E, d, 2f]` (gate = even columns, up = odd),
+    /// `down_proj` `[E, f, d]`, dense or MXFP4, and their biases.
+    fn fused<B: Backend>(
+        &mut self,
+        prefix: &str,
+        e: usize,
+        d: usize,
+        f: usize,
+        device: &B::Device,
+    ) -> Result<Loaded<B>> {
+        let gate_up =
+            self.dense_or_mxfp4::<B>(prefix, "experts.gate_up_proj", [e, d, 2 * f], device)?; // [E, d, 2f]
+        let down = self.dense_or_mxfp4::<B>(prefix, "experts.down_proj", [e, f, d], device)?; // [E, f, d]
+        let gate_up_bias = self.shaped::<B, 2>(
+            &join(prefix, "experts.gate_up_proj_bias"),
+            [e, 2 * f],
+            device,
+        )?; // [E, 2f]
+        let down_bias =
+            self.shaped::<B, 2>(&join(prefix, "experts.down_proj_bias"), [e, d], device)?; // [E, d]
+
+        let pairs = gate_up.reshape([e, d, f, 2]); // [E, d, f, (gate, up)]
+        let half =
+            |w: Tensor<B, 4>, j: usize| w.slice([0..e, 0..d, 0..f, j..j + 1]).reshape([e, d, f]);
+        let bias_pairs = gate_up_bias.reshape([e, f, 2]); // [E, f, (gate, up)]
+        let bias_half = |b: Tensor<B, 3>, j: usize| b.slice([0..e, 0..f, j..j + 1]).reshape([e, f]);
+        Ok(Loaded {
+            w_in: half(pairs.clone(), 0),
+            w_up: Some(half(pairs, 1)),
+            w_out: down,
+            biases: Some([
+                bias_half(bias_pairs.clone(), 0),
+                bias_half(bias_pairs, 1),
+                down_bias,
+            ]),
+        })
+    }
+
+    /// gpt-oss's `[E, in, out]` parameter `name`: the dense tensor if the file has it, else its
+    /// MXFP4 `name_blocks` `[E, out, in/32, 16]` and `name_scales` `[E, out, in/32]`, dequantised.
+    fn dense_or_mxfp4<B: Backend>(
+        &mut self,
+        prefix: &str,
+        name: &str,
+        [e, i, o]: [usize; 3],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 3>> {
+        let dense = join(prefix, name);
+        let blocks = format!("{dense}_blocks");
+        if self.keys.contains(&dense) || !self.keys.contains(&blocks) {
+            return self.shaped::<B, 3>(&dense, [e, i, o], device);
+        }
+        if i % 32 != 0 {
+            return Err(Error::hf(
+                &self.path,
+                format!(
+                    "tensor {blocks}: MXFP4 packs 32 input features per group; the config's \
+                     input width {i} is not a multiple of 32"
+                ),
+            ));
+        }
+        let g = i / 32;
+        let packed = self.bytes(&blocks, &[e, o, g, 16])?;
+        let scales = self.bytes(&format!("{dense}_scales"), &[e, o, g])?;
+        let values = mxfp4::dequantize(&packed, &scales, e, o, g); // [E, in, out]
+        Ok(Tensor::from_data(
+            TensorData::new(values, [e, i, o]),
+            device,
+        ))
     }
 
     fn check_block<B: Backend>(
@@ -275,45 +412,82 @@ impl HfCheckpoint {
         if let Some(problem) = format.block_problem(block) {
             return Err(Error::hf(&self.path, problem));
         }
-        let ids = self.expert_ids(prefix, format);
-        if let Some(&last) = ids.last()
-            && last >= e
-        {
+        if format.selection_bias_name().is_some() && block.router.expert_bias.is_none() {
             return Err(Error::hf(
                 &self.path,
                 format!(
-                    "tensor {}: the file has experts 0..={last} under {prefix:?}, the block has \
-                     num_experts = {e}",
-                    join(prefix, &format.expert_prefix(last))
+                    "{format:?} selects experts with a bias (gate.e_score_correction_bias); the \
+                     block has none (set selection_bias = true)"
                 ),
             ));
         }
-        let shared_in_file = self
-            .keys
-            .contains(&join(prefix, "shared_expert_gate.weight"))
-            || self
-                .keys
-                .iter()
-                .any(|k| k.starts_with(&join(prefix, "shared_expert.")));
+        if !format.fused() {
+            let ids = self.expert_ids(prefix, format);
+            if let Some(&last) = ids.last()
+                && last >= e
+            {
+                return Err(Error::hf(
+                    &self.path,
+                    format!(
+                        "tensor {}: the file has experts 0..={last} under {prefix:?}, the block \
+                         has num_experts = {e}",
+                        join(prefix, &format.expert_prefix(last))
+                    ),
+                ));
+            }
+        }
+        let in_file = |name: &str| {
+            let head = join(prefix, name);
+            self.keys.iter().any(|k| {
+                k.strip_prefix(&head)
+                    .is_some_and(|rest| rest.starts_with('.'))
+            })
+        };
+        let shared_in_file = match format.shared() {
+            Some(names) => in_file(names.name),
+            // A file of another family: say so rather than ignore its shared experts.
+            None => ["shared_expert", "shared_experts"]
+                .into_iter()
+                .find(|n| in_file(n))
+                .is_some(),
+        };
         match (&block.shared, shared_in_file) {
             (Some(_), false) => Err(Error::hf(
                 &self.path,
                 format!(
                     "the block has shared experts but the file has no {}",
-                    join(prefix, "shared_expert.*")
+                    join(
+                        prefix,
+                        &format!("{}.*", format.shared().map_or("shared_expert", |s| s.name))
+                    )
                 ),
             )),
             (None, true) => Err(Error::hf(
                 &self.path,
-                format!(
-                    "tensor {}: the file has a shared expert, the block none (set \
-                     num_shared_experts = shared_expert_intermediate_size / d_ff)",
-                    join(prefix, "shared_expert")
-                ),
+                match format.shared() {
+                    Some(names) => format!(
+                        "tensor {}: the file has shared experts, the block none (set \
+                         num_shared_experts = their width / d_ff)",
+                        join(prefix, names.name)
+                    ),
+                    None => format!(
+                        "the file has shared experts under {prefix:?}, which {format:?} blocks do \
+                         not have: is it a Qwen2Moe or DeepseekV3 checkpoint?"
+                    ),
+                },
             )),
             _ => Ok(()),
         }
     }
+}
+
+/// Experts read from a file: W₁ `[n, d, f]`, W₃ `[n, d, f]` if gated, W₂ `[n, f, d]`, and the
+/// biases b₁, b₃ `[n, f]`, b₂ `[n, d]` of a format that has them.
+struct Loaded<B: Backend> {
+    w_in: Tensor<B, 3>,
+    w_up: Option<Tensor<B, 3>>,
+    w_out: Tensor<B, 3>,
+    biases: Option<[Tensor<B, 2>; 3]>,
 }
 
 /// Replaces a parameter's value, keeping its id and dtype.
@@ -324,15 +498,21 @@ fn replace<B: Backend, const D: usize>(param: &mut Param<Tensor<B, D>>, value: T
     *param = new;
 }
 
-fn set_experts<B: Backend>(
-    experts: &mut Experts<B>,
-    w_in: Tensor<B, 3>,
-    w_up: Option<Tensor<B, 3>>,
-    w_out: Tensor<B, 3>,
-) {
-    replace(&mut experts.w_in, w_in);
-    replace(&mut experts.w_out, w_out);
-    if let (Some(p), Some(w)) = (experts.w_up.as_mut(), w_up) {
+fn set_experts<B: Backend>(experts: &mut Experts<B>, loaded: Loaded<B>) {
+    replace(&mut experts.w_in, loaded.w_in);
+    replace(&mut experts.w_out, loaded.w_out);
+    if let (Some(p), Some(w)) = (experts.w_up.as_mut(), loaded.w_up) {
         replace(p, w);
+    }
+    if let Some([b_in, b_up, b_out]) = loaded.biases {
+        for (p, b) in [
+            (experts.b_in.as_mut(), b_in),
+            (experts.b_up.as_mut(), b_up),
+            (experts.b_out.as_mut(), b_out),
+        ] {
+            if let Some(p) = p {
+                replace(p, b);
+            }
+        }
     }
 }
