@@ -31,8 +31,8 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, IndexingUpdateOp, Int, Tensor, TensorData};
 use switch_moe::{
-    DropPolicy, LmBatch, RouterScore, RoutingMode, SwitchEncoderConfig, SwitchFeedForward,
-    SwitchFeedForwardConfig, SwitchLm, SwitchLmConfig,
+    BalanceScope, DropPolicy, ForcedRouting, GluClamp, LmBatch, RouterScore, RoutingMode,
+    SwitchEncoderConfig, SwitchFeedForward, SwitchFeedForwardConfig, SwitchLm, SwitchLmConfig,
 };
 
 type Ad = switch_moe::backend::SelectedAutodiff;
@@ -227,6 +227,11 @@ fn run_case(case: &Case, warmup: usize, reps: usize, peer: Option<(&str, usize)>
         ..moe.clone()
     };
     let dropless_fb = layer_fb(&dropless, &x, warmup, reps);
+    // The same layer with exactly balanced experts (forced round-robin routing): the speed the
+    // layer would have if the router balanced perfectly (random init routes unevenly).
+    let mut balanced = moe.clone();
+    balanced.router.forced = ForcedRouting::RoundRobin;
+    let balanced_fb = layer_fb(&balanced, &x, warmup, reps);
     let x2 = x.clone().reshape([t, d]);
     // The naive loop costs seconds to minutes at large E·T (each expert's scatter-add and its
     // backward touch the whole [T, d] output): one run from E = 32 on, none past E·T = 128·1024.
@@ -244,11 +249,12 @@ fn run_case(case: &Case, warmup: usize, reps: usize, peer: Option<(&str, usize)>
     let expert_flops = 3.0 * 2.0 * 2.0 * (e * capacity) as f64 * d as f64 * f as f64;
     let tflops = expert_flops / (moe_fb * 1e-3) / 1e12;
     let mut row = format!(
-        "| {t:>5} | {d}/{f} | {e:>3} | {k} | {dense_fwd:>7.1} | {moe_fwd:>7.1} | {:>5.2} | {dense_fb:>7.1} | {moe_fb:>7.1} | {:>5.2} | {plain_fb:>7.1} | {:>5.2} | {:>5.2} | {} | {} | {tflops:>6.3} |",
+        "| {t:>5} | {d}/{f} | {e:>3} | {k} | {dense_fwd:>7.1} | {moe_fwd:>7.1} | {:>5.2} | {dense_fb:>7.1} | {moe_fb:>7.1} | {:>5.2} | {plain_fb:>7.1} | {:>5.2} | {:>5.2} | {:>5.2} | {} | {} | {tflops:>6.3} |",
         moe_fwd / dense_fwd,
         moe_fb / dense_fb,
         plain_fb / dense_fb,
         dropless_fb / dense_fb,
+        balanced_fb / dense_fb,
         naive_fb.map_or("—".into(), |n| format!("{n:>7.1}")),
         naive_fb.map_or("—".into(), |n| format!("{:>5.2}", n / moe_fb)),
     );
@@ -291,12 +297,13 @@ fn layer_fb(layer: &SwitchFeedForward<Ad>, x: &Tensor<Ad, 3>, warmup: usize, rep
 fn options_table(reps: usize) {
     let device = switch_moe::backend::default_device();
     let (t, d, f) = (2048, 256, 1024);
-    let x = Tensor::<Ad, 3>::random([1, t, d], Distribution::Normal(0.0, 1.0), &device);
+    // 16 sequences of 128 tokens (the sequence scope needs sequences).
+    let x = Tensor::<Ad, 3>::random([16, t / 16, d], Distribution::Normal(0.0, 1.0), &device);
     type Variant = (
         &'static str,
         fn(SwitchFeedForwardConfig) -> SwitchFeedForwardConfig,
     );
-    let options: [Variant; 7] = [
+    let options: [Variant; 17] = [
         ("default (softmax, token choice)", |c| c),
         ("sigmoid scores", |c| {
             c.with_router_score(RouterScore::Sigmoid)
@@ -312,15 +319,47 @@ fn options_table(reps: usize) {
         ("probability drop policy", |c| {
             c.with_drop_policy(DropPolicy::Probability)
         }),
+        ("balance scope: sequence (16 × 128)", |c| {
+            c.with_balance_scope(BalanceScope::Sequence)
+        }),
+        ("balance scope: global (1 device)", |c| {
+            c.with_balance_scope(BalanceScope::Global)
+        }),
+        ("groups 4, best 2 (sigmoid, bias, × 2.5)", |c| {
+            c.with_router_score(RouterScore::Sigmoid)
+                .with_selection_bias(true)
+                .with_n_group(4)
+                .with_topk_group(2)
+                .with_routed_scaling_factor(2.5)
+        }),
+        ("router bias", |c| c.with_router_bias(true)),
+        ("normalize_top1", |c| c.with_normalize_top1(true)),
+        ("SwiGLU experts", |c| c.with_swiglu()),
+        ("clamped SwiGLU + biases (gpt-oss)", |c| {
+            c.with_swiglu()
+                .with_bias(true)
+                .with_glu_clamp(Some(GluClamp::new()))
+        }),
+        ("forced routing: round-robin", |c| {
+            c.with_forced_routing(ForcedRouting::RoundRobin)
+        }),
+        ("forced routing: random", |c| {
+            c.with_forced_routing(ForcedRouting::Random)
+        }),
+        ("replay: recording", |c| c),
     ];
     println!("| option | E = 8 f+b | ÷ default | E = 64 f+b | ÷ default |\n|---|---|---|---|---|");
     let base = |e: usize| SwitchFeedForwardConfig::new(d, f, e).with_expert_dropout(0.0);
     let default = [moe_fb(&base(8), &x, reps), moe_fb(&base(64), &x, reps)];
     for (name, option) in options {
-        let ms = [
-            moe_fb(&option(base(8)), &x, reps),
-            moe_fb(&option(base(64)), &x, reps),
-        ];
+        let ms = [8, 64].map(|e| {
+            let layer: SwitchFeedForward<Ad> = option(base(e)).init(&device);
+            if name.starts_with("replay") {
+                // Every forward reads its experts [T, 1] to the host and keeps them.
+                layer.router.replay.start_recording();
+            }
+            layer_fb(&layer, &x, 1, reps)
+        });
         println!(
             "| {name} | {:.1} | {:.2} | {:.1} | {:.2} |",
             ms[0],
@@ -458,10 +497,10 @@ fn main() {
         return;
     }
     let mut header = String::from(
-        "| T | d/f | E | k | dense fwd | MoE fwd | MoE/dense | dense f+b | MoE f+b | MoE/dense | Burn-backward MoE f+b | its /dense | dropless/dense | naive f+b | naive/MoE | expert TFLOP/s |",
+        "| T | d/f | E | k | dense fwd | MoE fwd | MoE/dense | dense f+b | MoE f+b | MoE/dense | Burn-backward MoE f+b | its /dense | dropless/dense | round-robin/dense | naive f+b | naive/MoE | expert TFLOP/s |",
     );
     let mut rule =
-        String::from("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        String::from("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     if peer.is_some() {
         header.push_str(" torch dense f+b | torch HF f+b | HF/dense | dense: ours/torch | MoE: ours/HF | MoE: ours/grouped |");
         rule.push_str("---|---|---|---|---|---|");
