@@ -67,7 +67,11 @@ fn a_replayed_lm_reproduces_its_recorded_logits_and_keeps_its_experts() {
     let (logits, stats) = model.forward(tokens.clone());
     replays.start_replaying();
     let (again, _) = model.forward(tokens.clone());
-    assert_eq!(host(again), host(logits.clone()));
+    // Equal up to rounding: on wgpu the autotuner may pick another matmul kernel for the attention
+    // and the head between two forwards (CI saw differences of 3e-7); the routing itself must be
+    // the recorded one exactly.
+    let diff = max_abs_diff(&host(again), &host(logits.clone()));
+    assert!(diff <= 1e-5, "the replayed logits differ by {diff}");
 
     // Change every sparse layer's router; the replayed forward keeps each layer's experts.
     let mut rng = Rng::new(9);
