@@ -11,6 +11,7 @@
 //! cargo bench --bench moe -- --profile 32 --burn-backward  # the same with Burn's matmul backward
 //! cargo bench --bench moe -- --cases 2048:8,8192:128       # chosen top-1 cases (T:E)
 //! cargo bench --bench moe -- --options    # each routing option's f+b cost against the default
+//! cargo bench --bench moe -- --decode     # generation tokens/s of the cpu-preset LM, both caches
 //! ```
 //!
 //! The program calls `backend::keep_freed_memory()` first, as the training programs do;
@@ -452,6 +453,146 @@ fn train_throughput(steps: usize) {
     );
 }
 
+/// Decoding speed of the cpu-preset LM (random weights; d 128, d_ff 512, 4 layers of which 2
+/// sparse, E = 8, top-1, vocabulary 1024, context 128): `generate_ids` (SwitchLm::decode, new
+/// tokens only) against the same loop on the older cached step (`forward_autoregressive_inference`,
+/// whole window in, burn-nn's MhaCache), 500 greedy tokens after an 8-token prompt, the context
+/// rule of `generate` (restart from the last 64 tokens when 128 are full). Alternates the two
+/// `reps` times and prints medians.
+fn decode_throughput(reps: usize, length: usize, only_new: bool) {
+    use switch_moe::generate::{SamplingConfig, generate_ids};
+    let device = switch_moe::backend::default_device();
+    type I = Inner;
+    let encoder = SwitchEncoderConfig::new(128, 512, 4, 4, 8).with_norm_first(true);
+    let model: SwitchLm<I> = SwitchLmConfig::new(1024, 128, encoder).init(&device);
+    let prompt: Vec<u32> = (0..8).map(|i| (i * 37 % 1024) as u32).collect();
+    let config = SamplingConfig {
+        length,
+        temperature: 1.0,
+        top_k: Some(1),
+        seed: 0,
+    };
+    // The older step, under generate's context rule.
+    let older = |model: &SwitchLm<I>| -> Vec<u32> {
+        let model = model.clone().dropless();
+        let mut tokens = prompt.clone();
+        let (mut start, keep) = (0, model.max_seq_len / 2);
+        let mut cache = model.new_autoregressive_cache();
+        for _ in 0..length {
+            if tokens.len() - start > model.max_seq_len {
+                start = tokens.len() - keep;
+                cache = model.new_autoregressive_cache();
+            }
+            let window: Vec<i64> = tokens[start..].iter().map(|t| *t as i64).collect();
+            let n = window.len();
+            let input = Tensor::<I, 2, Int>::from_data(TensorData::new(window, [1, n]), &device);
+            let logits: Vec<f32> = model
+                .forward_autoregressive_inference(input, &mut cache)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap();
+            let best = (0..logits.len())
+                .max_by(|a, b| logits[*a].total_cmp(&logits[*b]))
+                .unwrap();
+            tokens.push(best as u32);
+        }
+        tokens
+    };
+    let (mut new_s, mut old_s) = (Vec::new(), Vec::new());
+    let (mut new_out, mut old_out) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let start = Instant::now();
+        new_out = generate_ids(&model, &prompt, &config, &device).unwrap();
+        new_s.push(start.elapsed().as_secs_f64());
+        if only_new {
+            continue; // for a profile of the new path alone
+        }
+        let start = Instant::now();
+        old_out = older(&model);
+        old_s.push(start.elapsed().as_secs_f64());
+    }
+    if only_new {
+        let new_s = median(new_s);
+        println!(
+            "decode: {:.0} tokens/s ({new_s:.3} s)",
+            length as f64 / new_s
+        );
+        return;
+    }
+    let (new_s, old_s) = (median(new_s), median(old_s));
+    println!(
+        "decode, cpu-preset LM ({:.2} M params), {length} tokens after an 8-token prompt, median of {reps}: \
+         SwitchLm::decode {:.0} tokens/s ({:.3} s), older cached step {:.0} tokens/s ({:.3} s), \
+         speed-up {:.2}×; same tokens: {}",
+        model.num_params() as f64 / 1e6,
+        length as f64 / new_s,
+        new_s,
+        length as f64 / old_s,
+        old_s,
+        old_s / new_s,
+        new_out == old_out
+    );
+}
+
+/// Per-token cost of a decode step's parts on the cpu-preset sizes (µs, median of 2000 calls).
+fn decode_parts() {
+    let device = switch_moe::backend::default_device();
+    type I = Inner;
+    let encoder = SwitchEncoderConfig::new(128, 512, 4, 4, 8).with_norm_first(true);
+    let model: SwitchLm<I> = SwitchLmConfig::new(1024, 128, encoder).init(&device);
+    let model = model.dropless();
+    let layer = match &model.encoder.layers[1] {
+        switch_moe::EncoderBlock::Sparse(l) => l.clone(),
+        _ => unreachable!(),
+    };
+    let x2 = Tensor::<I, 2>::random([1, 128], Distribution::Normal(0.0, 1.0), &device);
+    let x3 = x2.clone().reshape([1, 1, 128]);
+    let us = |f: &mut dyn FnMut()| {
+        let mut v = Vec::new();
+        for _ in 0..2000 {
+            let s = Instant::now();
+            f();
+            v.push(s.elapsed().as_secs_f64() * 1e6);
+        }
+        median(v)
+    };
+    let parts: Vec<(&str, f64)> = vec![
+        (
+            "moe.forward_few [1, d]",
+            us(&mut || drop(layer.moe.forward_few(x2.clone()))),
+        ),
+        (
+            "moe.forward [1, 1, d] (batched)",
+            us(&mut || drop(layer.moe.forward(x3.clone(), None))),
+        ),
+        (
+            "router.forward",
+            us(&mut || drop(layer.moe.router.forward(x2.clone()))),
+        ),
+        (
+            "norm",
+            us(&mut || drop(layer.norm_attn.forward(x3.clone()))),
+        ),
+        (
+            "linear d→d",
+            us(&mut || drop(layer.mha.query.forward(x3.clone()))),
+        ),
+        (
+            "logits (norm + head d→V)",
+            us(&mut || drop(model.logits(x2.clone()))),
+        ),
+        ("add [1,1,d]", us(&mut || drop(x3.clone() + x3.clone()))),
+        (
+            "into_data of [1, V]",
+            us(&mut || drop(model.logits(x2.clone()).into_data())),
+        ),
+    ];
+    for (name, t) in parts {
+        println!("{name}: {t:.1} µs");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // Like the training programs: reuse freed heap memory (glibc), unless asked not to.
@@ -490,6 +631,15 @@ fn main() {
     }
     if args.iter().any(|a| a == "--options") {
         options_table(if quick { 3 } else { 7 });
+        return;
+    }
+    if args.iter().any(|a| a == "--decode-parts") {
+        decode_parts();
+        return;
+    }
+    if args.iter().any(|a| a == "--decode") {
+        let only_new = args.iter().any(|a| a == "--new-only");
+        decode_throughput(if quick { 3 } else { 7 }, 500, only_new);
         return;
     }
     if args.iter().any(|a| a == "--train") {

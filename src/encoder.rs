@@ -277,7 +277,9 @@ impl<B: Backend> SwitchEncoder<B> {
         let mut stats = Vec::new();
         for layer in &self.layers {
             x = match layer {
-                EncoderBlock::Dense(layer) => layer.forward(x, mask_pad.clone(), mask_attn.clone()),
+                EncoderBlock::Dense(layer) => {
+                    crate::layer::dense_layer_forward(layer, x, mask_pad.clone(), mask_attn.clone())
+                }
                 EncoderBlock::Sparse(layer) => {
                     let (x, s) = layer.forward(x, mask_pad.clone(), mask_attn.clone());
                     stats.push(s);

@@ -10,7 +10,7 @@ use burn::module::{Module, Param};
 use burn::nn::Dropout;
 use burn::nn::activation::ActivationConfig;
 use burn::tensor::activation::{gelu, relu, sigmoid, silu};
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::expert_matmul::expert_matmul;
 
@@ -141,12 +141,86 @@ impl<B: Backend> Experts<B> {
             }
         });
         let h = self.activation.hidden(gate, up); // [E, C, f]
-        let h = self.dropout.forward(h); // [E, C, f]
+        let h = crate::noise::dropout(h, self.dropout.prob); // [E, C, f]
         let mut y = expert_matmul(h, self.w_out.val()); // [E, C, d]
         if let Some(b) = &self.b_out {
             y = y + b.val().unsqueeze_dim::<3>(1); // + [E, 1, d]
         }
         y
+    }
+}
+
+impl<B: Backend> Experts<B> {
+    /// Runs each token through its chosen experts only, gathering those experts' weights
+    /// (`[T·k, d, f]`) instead of the batched `[E, C, d]` layout: for a handful of tokens
+    /// (decoding), where the batched layout would run every expert on mostly empty slots. The
+    /// same arithmetic as [`forward`](Self::forward) row by row; no dropout (inference).
+    ///
+    /// # Shapes
+    /// - x: `[T, d]`
+    /// - expert_ids: `[T, k]`
+    /// - output: `[T, k, d]`, row (t, j) = expert `expert_ids[t, j]` applied to token t
+    pub fn forward_chosen(&self, x: Tensor<B, 2>, expert_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [t, d] = x.dims();
+        let [_, k] = expert_ids.dims();
+        let [_, _, f] = self.w_in.shape().dims::<3>();
+        #[cfg(feature = "ndarray")]
+        if let Some(y) = self.forward_chosen_host(&x, expert_ids.clone()) {
+            return y.reshape([t, k, d]);
+        }
+        let ids = expert_ids.reshape([t * k]); // [T·k]
+        let rows = x
+            .unsqueeze_dim::<3>(1)
+            .repeat_dim(1, k)
+            .reshape([t * k, 1, d]); // [T·k, 1, d]
+        let bias = |b: &Param<Tensor<B, 2>>, n: usize| {
+            b.val().select(0, ids.clone()).reshape([t * k, 1, n]) // [T·k, 1, n]
+        };
+        let mut gate = rows.clone().matmul(self.w_in.val().select(0, ids.clone())); // [T·k, 1, f]
+        if let Some(b) = &self.b_in {
+            gate = gate + bias(b, f);
+        }
+        let up = self.w_up.as_ref().map(|w_up| {
+            let up = rows.matmul(w_up.val().select(0, ids.clone())); // [T·k, 1, f]
+            match &self.b_up {
+                Some(b) => up + bias(b, f),
+                None => up,
+            }
+        });
+        let h = self.activation.hidden(gate, up); // [T·k, 1, f]
+        let mut y = h.matmul(self.w_out.val().select(0, ids.clone())); // [T·k, 1, d]
+        if let Some(b) = &self.b_out {
+            y = y + bias(b, d);
+        }
+        y.reshape([t, k, d])
+    }
+}
+
+#[cfg(feature = "ndarray")]
+impl<B: Backend> Experts<B> {
+    /// [`forward_chosen`](Self::forward_chosen) through the host kernels ([`crate::host`]) on
+    /// plain `NdArray`: the expert ids read on the host (free there), each chosen expert's
+    /// weights read in place. `[T·k, d]`, or `None` where the kernels do not serve.
+    fn forward_chosen_host(
+        &self,
+        x: &Tensor<B, 2>,
+        expert_ids: Tensor<B, 2, Int>,
+    ) -> Option<Tensor<B, 2>> {
+        use crate::host;
+        let ids = host::ids(expert_ids)?; // T·k, token-major
+        let val2 = |b: &Option<Param<Tensor<B, 2>>>| b.as_ref().map(|b| b.val());
+        let gate = host::expert_linear(x, &ids, &self.w_in.val(), val2(&self.b_in).as_ref())?; // [T·k, f]
+        let up = match &self.w_up {
+            Some(w_up) => Some(host::expert_linear(
+                x,
+                &ids,
+                &w_up.val(),
+                val2(&self.b_up).as_ref(),
+            )?),
+            None => None,
+        }; // [T·k, f]
+        let h = self.activation.hidden(gate, up); // [T·k, f]
+        host::expert_linear(&h, &ids, &self.w_out.val(), val2(&self.b_out).as_ref()) // [T·k, d]
     }
 }
 

@@ -1,11 +1,11 @@
 //! Sampling text from a [`SwitchLm`]: temperature and top-k sampling, one token at a time with a
-//! key/value cache ([`SwitchLm::forward_autoregressive_inference`]): a step runs only the newest
-//! position through the projections, norms and feed-forward blocks instead of the whole window.
+//! key/value cache ([`SwitchLm::decode`]): a step feeds only the newest token, whose query
+//! attends to the cached keys and values and which runs on its chosen experts only.
 //!
 //! **Context rule.** The model sees at most `max_seq_len` tokens (its position table). One cache
 //! serves while the context fits; when the next step would exceed the window, the context
 //! restarts from the last `max_seq_len / 2` tokens (at least 1): the cache is rebuilt from them in
-//! one pass and decoding continues. Positions are absolute, so a sliding window would need the
+//! one pass (as a prompt) and decoding continues. Positions are absolute, so a sliding window would need the
 //! whole cache recomputed at every step; halving keeps the rebuilds to one per `max_seq_len / 2`
 //! tokens, at the price of a context between `max_seq_len / 2` and `max_seq_len` tokens long.
 //!
@@ -104,17 +104,21 @@ pub fn generate_ids<B: Backend>(
     let model = model.clone().dropless();
     let keep = (model.max_seq_len / 2).max(1);
     let mut start = 0; // the context is tokens[start..]
-    let mut cache = model.new_autoregressive_cache();
+    let mut cache = model.new_decode_cache();
     let mut rng = HostRng::new(config.seed);
     for _ in 0..config.length {
         if tokens.len() - start > model.max_seq_len {
             start = tokens.len() - keep;
-            cache = model.new_autoregressive_cache();
+            cache = model.new_decode_cache();
         }
-        let window: Vec<i64> = tokens[start..].iter().map(|t| *t as i64).collect();
-        let s = window.len();
-        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(window, [1, s]), device);
-        let last = model.forward_autoregressive_inference(input, &mut cache); // [1, V]
+        // The tokens not in the cache yet: the whole window after a (re)start, else the newest.
+        let pending: Vec<i64> = tokens[start + cache.len()..]
+            .iter()
+            .map(|t| *t as i64)
+            .collect();
+        let n = pending.len();
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(pending, [1, n]), device);
+        let last = model.decode(input, &mut cache); // [1, V]
         let vocab = last.dims()[1];
         let last: Vec<f32> = last
             .reshape([vocab]) // [V]
@@ -159,9 +163,16 @@ impl<B: Backend> ModuleVisitor<B> for Materialize {
 
 /// Draws a token from `softmax(logits / temperature)` restricted to the top k.
 fn sample(logits: &[f32], config: &SamplingConfig, rng: &mut HostRng) -> usize {
+    // Most likely first, ties to the lower id: a total order, so that selecting the top k
+    // first (linear time) and sorting only them gives the full sort's first k.
+    let desc = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
     let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]));
-    order.truncate(config.top_k.unwrap_or(logits.len()).min(logits.len()));
+    let k = config.top_k.unwrap_or(logits.len()).min(logits.len());
+    if k < order.len() {
+        order.select_nth_unstable_by(k - 1, desc);
+        order.truncate(k);
+    }
+    order.sort_by(desc);
     let max = logits[order[0]] as f64;
     let weights: Vec<f64> = order
         .iter()
@@ -175,4 +186,45 @@ fn sample(logits: &[f32], config: &SamplingConfig, rng: &mut HostRng) -> usize {
         }
     }
     order[order.len() - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(top_k: Option<usize>, temperature: f64) -> SamplingConfig {
+        SamplingConfig {
+            length: 1,
+            temperature,
+            top_k,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn top_one_is_the_argmax_ties_to_the_lower_id() {
+        let logits = [0.5, 2.0, -1.0, 2.0, 1.9];
+        let mut rng = HostRng::new(1);
+        for _ in 0..20 {
+            assert_eq!(sample(&logits, &config(Some(1), 1.0), &mut rng), 1);
+        }
+    }
+
+    /// Top-3 of five logits at temperature 1: the draws follow softmax over the three best
+    /// (by hand: e^2, e^1.5, e^1 over their sum = 0.506, 0.307, 0.186), never the others.
+    #[test]
+    fn top_k_draws_follow_the_renormalised_softmax() {
+        let logits = [1.0, -3.0, 2.0, 0.0, 1.5];
+        let mut rng = HostRng::new(7);
+        let mut counts = [0usize; 5];
+        let n = 20_000;
+        for _ in 0..n {
+            counts[sample(&logits, &config(Some(3), 1.0), &mut rng)] += 1;
+        }
+        assert_eq!(counts[1] + counts[3], 0, "{counts:?}");
+        for (id, want) in [(2, 0.506), (4, 0.307), (0, 0.186)] {
+            let got = counts[id] as f64 / n as f64;
+            assert!((got - want).abs() < 0.015, "id {id}: {got} vs {want}");
+        }
+    }
 }

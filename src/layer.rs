@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, check};
 use crate::moe::{SwitchFeedForward, SwitchFeedForwardConfig};
+use crate::noise::dropout;
 use crate::stats::MoeStats;
 
 /// Configuration of a [`SwitchEncoderLayer`]: burn-nn's attention and residual settings (as in
@@ -279,18 +280,20 @@ impl<B: Backend> SwitchEncoderLayer<B> {
         } else {
             x.clone()
         };
-        let mut mha_input = MhaInput::self_attn(attn_in);
-        if let Some(mask) = mask_pad.clone() {
-            mha_input = mha_input.mask_pad(mask);
-        }
-        if let Some(mask) = mask_attn {
-            mha_input = mha_input.mask_attn(mask);
-        }
         let attn = match cache.as_deref_mut() {
-            Some(c) => self.mha.forward_cache(mha_input, &mut c.mha).context, // [B, S, d]
-            None => self.mha.forward(mha_input).context,                      // [B, S, d]
+            Some(c) => {
+                let mut mha_input = MhaInput::self_attn(attn_in);
+                if let Some(mask) = mask_pad.clone() {
+                    mha_input = mha_input.mask_pad(mask);
+                }
+                if let Some(mask) = mask_attn {
+                    mha_input = mha_input.mask_attn(mask);
+                }
+                self.mha.forward_cache(mha_input, &mut c.mha).context // [B, S, d]
+            }
+            None => self_attention(&self.mha, attn_in, mask_pad.clone(), mask_attn), // [B, S, d]
         };
-        let mut x = x + self.dropout.forward(attn);
+        let mut x = x + dropout(attn, self.dropout.prob);
         if !self.norm_first {
             x = per_position(cache.as_deref_mut().map(|c| &mut c.norm_attn), x, |x| {
                 self.norm_attn.forward(x)
@@ -323,13 +326,91 @@ impl<B: Backend> SwitchEncoderLayer<B> {
             Some(c) => c.moe.append(ffn), // [B, S, d]
             None => ffn,
         };
-        let mut x = x + self.dropout.forward(ffn);
+        let mut x = x + dropout(ffn, self.dropout.prob);
         if !self.norm_first {
             x = per_position(cache.map(|c| &mut c.norm_ffn), x, |x| {
                 self.norm_ffn.forward(x)
             });
         }
         (x, stats)
+    }
+}
+
+/// burn-nn 0.21's `MultiHeadAttention::forward` (self-attention), its dropout on the scores
+/// drawn by [`crate::noise::dropout`]: the same arithmetic — projections, q·kᵀ / √d_k, dropout on
+/// the scores, padding and attention masks filled with `min_float`, softmax (or quiet softmax),
+/// the weighted values, the output projection — with the noise of this crate's generator.
+///
+/// # Shapes
+/// - x: `[B, S, d]` (query = key = value), masks `[B, S]` / `[B, S, S]`
+/// - output: `[B, S, d]`
+pub(crate) fn self_attention<B: Backend>(
+    mha: &MultiHeadAttention<B>,
+    x: Tensor<B, 3>,
+    mask_pad: Option<Tensor<B, 2, Bool>>,
+    mask_attn: Option<Tensor<B, 3, Bool>>,
+) -> Tensor<B, 3> {
+    let [batch, seq, d] = x.dims();
+    let heads = |linear: &burn::nn::Linear<B>, x: Tensor<B, 3>| {
+        linear
+            .forward(x)
+            .reshape([batch, seq, mha.n_heads, mha.d_k])
+            .swap_dims(1, 2) // [B, H, S, d_k]
+    };
+    let q = heads(&mha.query, x.clone());
+    let k = heads(&mha.key, x.clone());
+    let v = heads(&mha.value, x);
+    let scores = q.matmul(k.transpose()).div_scalar((mha.d_k as f32).sqrt()); // [B, H, S, S]
+    let mut scores = dropout(scores, mha.dropout.prob);
+    if let Some(mask) = mask_pad {
+        scores = scores.mask_fill(mask.reshape([batch, 1, 1, seq]), mha.min_float);
+    }
+    if let Some(mask) = mask_attn {
+        scores = scores.mask_fill(mask.reshape([batch, 1, seq, seq]), mha.min_float);
+    }
+    let weights = if mha.quiet_softmax {
+        burn::tensor::activation::quiet_softmax(scores, 3)
+    } else {
+        burn::tensor::activation::softmax(scores, 3)
+    };
+    let context = weights.matmul(v).swap_dims(1, 2).reshape([batch, seq, d]); // [B, S, d]
+    mha.output.forward(context)
+}
+
+/// burn-nn 0.21's `TransformerEncoderLayer::forward` (a dense layer of a [`SwitchEncoder`]
+/// (crate::SwitchEncoder)) with [`self_attention`] and this crate's dropout: pre-norm
+/// `x + drop(mha(norm_2(x)))`, `x + drop(ffn(norm_1(x)))`; post-norm `norm_1(x + drop(mha(x)))`,
+/// `norm_2(x + drop(ffn(x)))`; the FFN's own dropout after its activation.
+///
+/// # Shapes
+/// - x: `[B, S, d]`, masks `[B, S]` / `[B, S, S]`; output `[B, S, d]`
+pub(crate) fn dense_layer_forward<B: Backend>(
+    layer: &burn::nn::transformer::TransformerEncoderLayer<B>,
+    x: Tensor<B, 3>,
+    mask_pad: Option<Tensor<B, 2, Bool>>,
+    mask_attn: Option<Tensor<B, 3, Bool>>,
+) -> Tensor<B, 3> {
+    let p = layer.dropout.prob;
+    let attention = |h: Tensor<B, 3>| {
+        dropout(
+            self_attention(&layer.mha, h, mask_pad.clone(), mask_attn.clone()),
+            p,
+        )
+    };
+    let ffn = |h: Tensor<B, 3>| {
+        let f = &layer.pwff;
+        let hidden = dropout(
+            f.activation.forward(f.linear_inner.forward(h)),
+            f.dropout.prob,
+        );
+        dropout(f.linear_outer.forward(hidden), p)
+    };
+    if layer.norm_first {
+        let x = x.clone() + attention(layer.norm_2.forward(x));
+        x.clone() + ffn(layer.norm_1.forward(x))
+    } else {
+        let x = layer.norm_1.forward(x.clone() + attention(x));
+        layer.norm_2.forward(x.clone() + ffn(x))
     }
 }
 

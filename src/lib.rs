@@ -52,6 +52,7 @@ pub mod balance;
 pub mod cli;
 #[cfg(feature = "train")]
 pub mod data;
+pub mod decode;
 pub mod dispatch;
 pub mod encoder;
 pub mod error;
@@ -62,6 +63,8 @@ pub mod experts;
 pub mod generate;
 #[cfg(feature = "hf")]
 pub mod hf;
+#[cfg(feature = "ndarray")]
+pub(crate) mod host;
 pub mod init;
 #[cfg(feature = "experiments")]
 pub mod lab;
@@ -70,6 +73,7 @@ pub mod lm;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod moe;
+pub mod noise;
 pub mod replay;
 #[cfg(feature = "train")]
 pub mod report;
@@ -87,6 +91,7 @@ pub mod upcycle;
 struct ReadmeDoctests;
 
 pub use balance::GlobalBalance;
+pub use decode::DecodeCache;
 pub use dispatch::{Capacity, DispatchPlan, DropPolicy, SlotPlan};
 pub use encoder::{
     EncoderBlock, RoutingReplays, SwitchEncoder, SwitchEncoderAutoregressiveCache,

@@ -716,6 +716,39 @@ impl<B: Backend> SwitchFeedForward<B> {
     }
 }
 
+impl<B: Backend> SwitchFeedForward<B> {
+    /// Whether [`forward_few`](Self::forward_few) computes exactly what
+    /// [`forward`](Self::forward) would for `num_tokens` tokens in inference: token choice, and
+    /// no token can be dropped (one token always fits; more only in a dropless layer).
+    pub fn can_forward_few(&self, num_tokens: usize) -> bool {
+        self.routing == RoutingMode::TokenChoice && (num_tokens == 1 || self.dropless)
+    }
+
+    /// Inference for a handful of tokens (decoding): each token runs through its k chosen
+    /// experts only ([`Experts::forward_chosen`]), weighted by its gates, plus the shared
+    /// experts. No capacity, no statistics, no host read. Equal to [`forward`](Self::forward)
+    /// when [`can_forward_few`](Self::can_forward_few) holds; with more tokens it is the
+    /// dropless forward. The cost is k·(d·f) weights gathered per token, so it pays only while
+    /// T·k is small against E·C.
+    ///
+    /// # Shapes
+    /// - x: `[T, d]`
+    /// - output: `[T, d]`
+    pub fn forward_few(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [t, d] = x.dims();
+        let model_dtype = FloatDType::from(x.dtype());
+        let routing = self.router.forward(x.clone());
+        let k = routing.expert_ids.dims()[1];
+        let out = self.experts.forward_chosen(x.clone(), routing.expert_ids); // [T, k, d]
+        let gates = routing.gates.cast(model_dtype).reshape([t, k, 1]); // [T, k, 1]
+        let mut y = (out * gates).sum_dim(1).reshape([t, d]); // [T, d]
+        if let Some(shared) = &self.shared {
+            y = y + shared.forward(x, None); // [T, d]
+        }
+        y
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,7 +128,7 @@ impl<B: Backend> Router<B> {
         }
         if self.jitter > 0.0 && B::ad_enabled(&device) {
             let eps = self.jitter;
-            x = x.clone() * x.random_like(Distribution::Uniform(1.0 - eps, 1.0 + eps));
+            x = x.clone() * crate::noise::uniform_like(&x, 1.0 - eps, 1.0 + eps);
         }
         let mut logits = x.matmul(weight); // [T, E]
         if let Some(bias) = &self.gate.bias {

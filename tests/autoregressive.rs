@@ -1,7 +1,8 @@
 //! Decoding with a key/value cache gives what a full forward gives: `SwitchLm` step by step
 //! against `SwitchLm::forward` of every prefix (dense and sparse layers, top-1 and top-2), one
-//! `SwitchEncoderLayer` in post- and pre-norm with padding, and `generate` against greedy decoding
-//! by full forwards under the same context rule.
+//! `SwitchEncoderLayer` in post- and pre-norm with padding, `SwitchLm::decode` (new tokens only)
+//! against both the full forward and the older cached step in every layer variant, and
+//! `generate` against greedy decoding by full forwards under the same context rule.
 
 mod common;
 
@@ -259,4 +260,121 @@ fn sampling_at_batch_one_drops_nothing_even_with_a_collapsed_router() {
         assert_eq!(host(s.dropped_fraction), vec![0.0]);
         assert_eq!(host(s.tokens_per_expert), vec![16.0, 0.0, 0.0, 0.0]);
     }
+}
+
+/// `SwitchLm::decode` — a prompt, then one token per call — against the full forward of every
+/// prefix and against the older cached step, for pre- and post-norm, top-1 and top-2, and gated
+/// experts with a gated shared expert and biases; B = 2.
+#[test]
+fn decode_matches_the_full_forward_and_the_older_cache() {
+    let (vocab, max_seq_len, batch, prompt, extra) = (20, 32, 2, 5, 20);
+    let variants: [(&str, bool, usize, bool); 5] = [
+        ("pre-norm top-1", true, 1, false),
+        ("pre-norm top-2", true, 2, false),
+        ("post-norm top-1", false, 1, false),
+        ("post-norm top-2", false, 2, false),
+        (
+            "pre-norm top-2, SwiGLU + biases + gated shared",
+            true,
+            2,
+            true,
+        ),
+    ];
+    for (name, norm_first, top_k, gated) in variants {
+        let encoder = SwitchEncoderConfig::new(16, 32, 2, 4, 4)
+            .with_norm_first(norm_first)
+            .with_dropout(0.0)
+            .map_moe(|m| {
+                let m = m.with_top_k(top_k).with_init_scale(1.0);
+                if gated {
+                    m.with_swiglu()
+                        .with_bias(true)
+                        .with_num_shared_experts(1)
+                        .with_shared_gate(true)
+                } else {
+                    m
+                }
+            });
+        // A gated encoder has no dense layers (burn-nn's FFN is not gated): every layer sparse.
+        let encoder = if gated {
+            encoder.with_moe_every(1)
+        } else {
+            encoder
+        };
+        let model = SwitchLmConfig::new(vocab, max_seq_len, encoder)
+            .init::<B>(&device())
+            .dropless();
+        let seq = prompt + extra;
+        let all = tokens(batch, seq, vocab, 11 + top_k as u64);
+        let mut old = model.new_autoregressive_cache();
+        let mut cache = model.new_decode_cache();
+        let (mut worst_full, mut worst_old) = (0.0f32, 0.0f32);
+        for len in prompt..=seq {
+            let input = prefix(&all, batch, seq, len);
+            let start = cache.len();
+            let new = input.clone().slice([0..batch, start..len]); // the prompt, then one token
+            let got = host(model.decode(new, &mut cache)); // [B, V]
+            assert_eq!(cache.len(), len);
+            let older = host(model.forward_autoregressive_inference(input.clone(), &mut old));
+            let (full, _) = model.forward(input);
+            let full = host(
+                full.slice([0..batch, len - 1..len, 0..vocab])
+                    .reshape([batch, vocab]),
+            );
+            worst_full = worst_full.max(max_abs_diff(&got, &full));
+            worst_old = worst_old.max(max_abs_diff(&got, &older));
+        }
+        println!(
+            "{name}: max |decode − full| {worst_full:.1e}, |decode − older cache| {worst_old:.1e}"
+        );
+        assert!(
+            worst_full <= TOLERANCE,
+            "{name}: decode vs full forward {worst_full}"
+        );
+        assert!(
+            worst_old <= TOLERANCE,
+            "{name}: decode vs older cache {worst_old}"
+        );
+    }
+}
+
+/// The decode step routes a single token through its chosen experts only; that path must equal
+/// the block's batched forward token by token, whatever the router picks (a mutation of the
+/// gather, the gates or the shared expert shows here first).
+#[test]
+fn one_token_on_its_chosen_experts_equals_the_batched_block() {
+    let device = device();
+    for (top_k, gated) in [(1, false), (2, false), (3, true)] {
+        let config = switch_moe::SwitchFeedForwardConfig::new(8, 16, 6)
+            .with_top_k(top_k)
+            .with_init_scale(1.0)
+            .with_expert_dropout(0.0);
+        let config = if gated {
+            config
+                .with_swiglu()
+                .with_bias(true)
+                .with_num_shared_experts(2)
+                .with_shared_gate(true)
+        } else {
+            config
+        };
+        let block = config.init::<B>(&device);
+        let x = tensor::<B, 2>(Rng::new(5).normals(7 * 8, 1.0), [7, 8], &device);
+        for t in 0..7 {
+            let row = x.clone().slice([t..t + 1, 0..8]); // [1, d]
+            assert!(block.can_forward_few(1));
+            let few = host(block.forward_few(row.clone()));
+            let (batched, _) = block.forward(row.reshape([1, 1, 8]), None);
+            let diff = max_abs_diff(&few, &host(batched));
+            assert!(diff <= 1e-6, "top-{top_k} gated {gated}, token {t}: {diff}");
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "exceed max_seq_len")]
+fn decode_refuses_to_outgrow_the_position_table() {
+    let model = small_lm(20, 8, 1);
+    let mut cache = model.new_decode_cache();
+    let _ = model.decode(prefix(&tokens(1, 9, 20, 1), 1, 9, 9), &mut cache);
 }
