@@ -15,12 +15,18 @@ use switch_moe::noise::{dropout, uniform_like};
 
 const N: usize = 1 << 20;
 
+/// The backend's generator is one per process and every test here reseeds it: each test holds
+/// this lock for its whole run, so that another test's reseeding cannot land between two draws
+/// (on LibTorch that made two "independent" masks identical).
+static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn ones(n: usize) -> Tensor<AB, 1> {
     Tensor::ones([n], &device())
 }
 
 #[test]
 fn dropout_keeps_one_minus_p_scaled_and_only_in_training() {
+    let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
     for p in [0.1, 0.5] {
         AB::seed(&device(), 3);
         let y = host(dropout(ones(N), p));
@@ -51,6 +57,7 @@ fn dropout_keeps_one_minus_p_scaled_and_only_in_training() {
 
 #[test]
 fn dropout_masks_are_independent_across_calls_and_positions() {
+    let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
     let p = 0.25;
     AB::seed(&device(), 11);
     let a: Vec<bool> = host(dropout(ones(N), p))
@@ -82,6 +89,7 @@ fn dropout_masks_are_independent_across_calls_and_positions() {
 
 #[test]
 fn jitter_is_uniform_on_its_range() {
+    let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
     let eps = 0.01;
     AB::seed(&device(), 2);
     let x = ones(N);
