@@ -305,7 +305,13 @@ pub fn default_device() -> SelectedDevice {
 }
 
 /// Keeps freed memory in the process heap instead of returning every large buffer to the OS
-/// (glibc on Linux; a no-op elsewhere). Call once at the start of a training or benchmark program.
+/// (glibc on Linux; a no-op elsewhere).
+///
+/// **The library applies this itself** the first time a Switch block is built on burn-ndarray
+/// (`SwitchFeedForwardConfig::init` and everything that calls it), once per process; set the
+/// environment variable `SWITCH_MOE_SYSTEM_MALLOC` (any value) to keep glibc's defaults. Other
+/// backends keep their tensors outside the process heap and are left alone; call this yourself
+/// to apply it anyway.
 ///
 /// Why: a CPU training step allocates many buffers far above glibc's mmap threshold (32 MiB at
 /// most) — weight gradients `[E, d, f]`, the layout copies burn-ndarray makes for transposed
@@ -314,13 +320,6 @@ pub fn default_device() -> SelectedDevice {
 /// MoE forward+backward at T = 2048, d 256/1024 (ndarray, 1 thread) takes 143 ms instead of
 /// 178 ms at E = 8 and 554 ms instead of 894 ms at E = 128 (`cargo bench --bench moe --
 /// --profile E`, see BENCHMARKS.md). The cost: the process keeps its peak heap until it exits.
-/// A library never calls this on its own; the programs of this crate do.
 pub fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning parameters; it is safe to call at any time.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
+    crate::backend_caps::keep_freed_memory();
 }

@@ -398,8 +398,16 @@ impl SwitchFeedForwardConfig {
     }
 
     /// Builds the block. Panics with the [`validate`](Self::validate) message on a bad config.
+    ///
+    /// On burn-ndarray the first call in a process also tunes glibc to keep freed large blocks
+    /// (`backend::keep_freed_memory`; opt out with the environment variable
+    /// `SWITCH_MOE_SYSTEM_MALLOC`): without it every weight-sized buffer of a training step is a
+    /// fresh mmap.
     pub fn init<B: Backend>(&self, device: &B::Device) -> SwitchFeedForward<B> {
         self.assert_valid();
+        // On burn-ndarray, glibc's large-block settings, once per process (opt out:
+        // SWITCH_MOE_SYSTEM_MALLOC; see backend::keep_freed_memory).
+        crate::backend_caps::tune_allocator_for::<B>();
         SwitchFeedForward {
             router: self.init_router(device),
             experts: self.init_experts(device),
