@@ -14,8 +14,9 @@
 //! cargo bench --bench moe -- --decode     # generation tokens/s of the cpu-preset LM, both caches
 //! ```
 //!
-//! The program calls `backend::keep_freed_memory()` first, as the training programs do;
-//! `--system-malloc` leaves glibc's default (every large buffer a fresh mmap).
+//! The program makes no allocator setup call, as a user's crate would not: on burn-ndarray the
+//! first block built tunes glibc itself (`backend::keep_freed_memory`); `--system-malloc` sets
+//! `SWITCH_MOE_SYSTEM_MALLOC` and so keeps glibc's default (every large buffer a fresh mmap).
 //!
 //! Every time is a median over repeats after warm-up; every ratio divides two medians of the same
 //! run (machines are noisy, runs are not comparable with each other). With `--peer PYTHON`, each
@@ -36,7 +37,8 @@ use switch_moe::{
     SwitchEncoderConfig, SwitchFeedForward, SwitchFeedForwardConfig, SwitchLm, SwitchLmConfig,
 };
 
-type Ad = switch_moe::backend::SelectedAutodiff;
+mod common;
+use common::{Ad, layer_fb, median, time};
 type Inner = <Ad as AutodiffBackend>::InnerBackend;
 
 struct Case {
@@ -45,27 +47,6 @@ struct Case {
     d_ff: usize,
     experts: usize,
     top_k: usize,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Median milliseconds of `f` over `reps` runs after `warmup` runs.
-fn time<F: FnMut()>(warmup: usize, reps: usize, mut f: F) -> f64 {
-    for _ in 0..warmup {
-        f();
-    }
-    median(
-        (0..reps)
-            .map(|_| {
-                let start = Instant::now();
-                f();
-                start.elapsed().as_secs_f64() * 1e3
-            })
-            .collect(),
-    )
 }
 
 /// The naive MoE: route, read the choices to the host, then per expert gather its tokens, run its
@@ -282,17 +263,6 @@ fn moe_fb(config: &SwitchFeedForwardConfig, x: &Tensor<Ad, 3>, reps: usize) -> f
     layer_fb(&moe, x, 1, reps)
 }
 
-/// Forward + backward of `sum(y) + 0.01·aux` through `layer` on `x`, median ms.
-fn layer_fb(layer: &SwitchFeedForward<Ad>, x: &Tensor<Ad, 3>, warmup: usize, reps: usize) -> f64 {
-    let device = x.device();
-    time(warmup, reps, || {
-        let (y, stats) = layer.forward(x.clone().require_grad(), None);
-        let loss = y.sum() + stats.aux_loss.mul_scalar(0.01);
-        let _g = loss.backward();
-        Ad::sync(&device).unwrap();
-    })
-}
-
 /// Each routing option's forward + backward against the default layer (top-1 softmax token
 /// choice, position drops), T = 2048, d 256 / d_ff 1024, cf 1.25, E = 8 and 64, in one run.
 fn options_table(reps: usize) {
@@ -459,7 +429,7 @@ fn train_throughput(steps: usize) {
 /// whole window in, burn-nn's MhaCache), 500 greedy tokens after an 8-token prompt, the context
 /// rule of `generate` (restart from the last 64 tokens when 128 are full). Alternates the two
 /// `reps` times and prints medians.
-fn decode_throughput(reps: usize, length: usize, only_new: bool) {
+fn decode_throughput(reps: usize, length: usize, only_new: bool) -> f64 {
     use switch_moe::generate::{SamplingConfig, generate_ids};
     let device = switch_moe::backend::default_device();
     type I = Inner;
@@ -518,7 +488,7 @@ fn decode_throughput(reps: usize, length: usize, only_new: bool) {
             "decode: {:.0} tokens/s ({new_s:.3} s)",
             length as f64 / new_s
         );
-        return;
+        return length as f64 / new_s;
     }
     let (new_s, old_s) = (median(new_s), median(old_s));
     println!(
@@ -533,6 +503,177 @@ fn decode_throughput(reps: usize, length: usize, only_new: bool) {
         old_s / new_s,
         new_out == old_out
     );
+    length as f64 / new_s
+}
+
+/// Windows `[steps, batch, seq + 1]` of a seeded sparse Markov chain over `vocab` tokens (each
+/// token has 4 successors drawn once), so that a model's loss can fall below ln V.
+fn markov_windows(steps: usize, batch: usize, seq: usize, vocab: usize) -> Vec<u32> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let successors: Vec<[u32; 4]> = (0..vocab)
+        .map(|_| std::array::from_fn(|_| (next() % vocab as u64) as u32))
+        .collect();
+    let mut out = Vec::with_capacity(steps * batch * (seq + 1));
+    for _ in 0..steps * batch {
+        let mut token = (next() % vocab as u64) as u32;
+        for _ in 0..=seq {
+            out.push(token);
+            token = successors[token as usize][(next() % 4) as usize];
+        }
+    }
+    out
+}
+
+/// The cpu-preset LM against its PyTorch peer (`benches/peers/lm_peer.py`) in one run: `steps`
+/// training steps of both on the same token windows (the preset's AdamW, warm-up and cosine,
+/// per-tensor clipping; steps after the third timed), the loss of both at chosen steps, then
+/// 500 greedy decoding steps of each (random weights). Prints tokens/s and ours / peer.
+fn lm_peer(python: &str, steps: usize, threads: usize) {
+    use burn::tensor::ElementConversion;
+    use switch_moe::train::{TrainingConfig, WarmupCosineLr};
+    let device = switch_moe::backend::default_device();
+    let mut config = TrainingConfig::cpu();
+    config.model.vocab_size = 1024;
+    let (batch, seq, vocab) = (config.batch_size, config.model.max_seq_len, 1024);
+    let windows = markov_windows(steps, batch, seq, vocab);
+    let path = std::env::temp_dir().join(format!("lm-peer-{}.u32", std::process::id()));
+    let bytes: Vec<u8> = windows.iter().flat_map(|t| t.to_le_bytes()).collect();
+    std::fs::write(&path, bytes).expect("write the token windows");
+
+    // Ours: the train program's optimiser and schedule on these windows.
+    Ad::seed(&device, 42);
+    let mut model: SwitchLm<Ad> = config.model.init(&device);
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(config.grad_clip as f32)))
+        .init::<Ad, SwitchLm<Ad>>();
+    let warmup = config.warmup_steps.min(steps / 2);
+    let schedule = WarmupCosineLr::new(config.lr, config.lr * config.min_lr_ratio, warmup, steps);
+    let (mut losses, mut step_ms) = (Vec::new(), Vec::new());
+    let w = seq + 1;
+    for step in 0..steps {
+        let block = &windows[step * batch * w..(step + 1) * batch * w];
+        let cut = |from: usize| -> Tensor<Ad, 2, Int> {
+            let ids: Vec<i64> = (0..batch)
+                .flat_map(|b| {
+                    block[b * w + from..b * w + from + seq]
+                        .iter()
+                        .map(|t| *t as i64)
+                })
+                .collect();
+            Tensor::from_data(TensorData::new(ids, [batch, seq]), &device)
+        };
+        let batch_in = LmBatch {
+            inputs: cut(0),
+            targets: cut(1),
+        };
+        Ad::sync(&device).unwrap();
+        let start = Instant::now();
+        let out = model.forward_step(batch_in);
+        let loss = out.loss.clone();
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        model = optim.step(schedule.lr_at(step + 1), model, grads);
+        Ad::sync(&device).unwrap();
+        if step >= 3 {
+            step_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        losses.push(loss.into_scalar().elem::<f64>());
+    }
+    let ours_tps = (batch * seq) as f64 / (median(step_ms) / 1e3);
+
+    // The peer on the same windows.
+    let csv = std::env::temp_dir().join(format!("lm-peer-{}.csv", std::process::id()));
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg("benches/peers/lm_peer.py")
+        .arg("train")
+        .args([
+            "--steps",
+            &steps.to_string(),
+            "--threads",
+            &threads.to_string(),
+        ])
+        .args([
+            "--tokens",
+            path.to_str().unwrap(),
+            "--csv",
+            csv.to_str().unwrap(),
+            "--json",
+        ]);
+    if !config.model.encoder.layer.norm_first {
+        cmd.arg("--post-norm");
+    }
+    let peer = peer_json(cmd);
+    let peer_losses: Vec<f64> = std::fs::read_to_string(&csv)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(2)?.parse().ok()) // step,lr,loss,…
+        .collect();
+    let peer_tps = peer["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "training, cpu preset ({:.2} M params, {} norm), {steps} steps of {}×{seq} tokens, {threads} threads:",
+        model.num_params() as f64 / 1e6,
+        if config.model.encoder.layer.norm_first {
+            "pre"
+        } else {
+            "post"
+        },
+        batch
+    );
+    println!(
+        "  ours ({}) {ours_tps:.0} tokens/s, PyTorch {} eager {peer_tps:.0} tokens/s: ours/peer {:.2}",
+        switch_moe::backend::NAME,
+        peer["torch"].as_str().unwrap_or("?"),
+        ours_tps / peer_tps
+    );
+    println!("  | step | loss, ours | loss, PyTorch |");
+    println!("  |---|---|---|");
+    for s in [1, 2, 5, 10, 20, 30, 40, 50, 75, 100]
+        .into_iter()
+        .filter(|s| *s <= steps)
+    {
+        let peer_loss = peer_losses.get(s - 1).copied().unwrap_or(f64::NAN);
+        println!("  | {s} | {:.4} | {peer_loss:.4} |", losses[s - 1]);
+    }
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&csv);
+
+    // Decoding: 500 greedy tokens after an 8-token prompt, random weights, batch 1.
+    let ours_decode = decode_throughput(3, 500, true);
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg("benches/peers/lm_peer.py")
+        .arg("decode")
+        .args(["--new-tokens", "500", "--prompt-len", "8", "--greedy"])
+        .args(["--threads", &threads.to_string(), "--json"]);
+    let peer = peer_json(cmd);
+    let peer_decode = peer["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "decode, 500 greedy tokens: ours ({}) {ours_decode:.0} tokens/s, PyTorch {peer_decode:.0} tokens/s: ours/peer {:.2}",
+        switch_moe::backend::NAME,
+        ours_decode / peer_decode
+    );
+}
+
+/// Runs a peer command and parses the JSON line it prints last.
+fn peer_json(mut cmd: std::process::Command) -> serde_json::Value {
+    let out = cmd.output().expect("run the PyTorch peer");
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        panic!("the PyTorch peer failed");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("{}");
+    serde_json::from_str(line).expect("the peer's JSON line")
 }
 
 /// Per-token cost of a decode step's parts on the cpu-preset sizes (µs, median of 2000 calls).
@@ -595,10 +736,12 @@ fn decode_parts() {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    // Like the training programs: reuse freed heap memory (glibc), unless asked not to.
+    // No allocator setup here, as in a user's crate: the first block built on burn-ndarray tunes
+    // glibc itself (backend::keep_freed_memory); --system-malloc opts out the way a user would.
     let tuned_malloc = !args.iter().any(|a| a == "--system-malloc");
-    if tuned_malloc {
-        switch_moe::backend::keep_freed_memory();
+    if !tuned_malloc {
+        // SAFETY: set before any other thread exists (first statement after reading the args).
+        unsafe { std::env::set_var("SWITCH_MOE_SYSTEM_MALLOC", "1") };
     }
     let quick = args.iter().any(|a| a == "--quick");
     let peer = args.iter().position(|a| a == "--peer").map(|i| {
@@ -614,7 +757,11 @@ fn main() {
         "backend {}, {threads} threads, {} mode, {} malloc; times in ms (median)",
         switch_moe::backend::NAME,
         if quick { "quick" } else { "full" },
-        if tuned_malloc { "tuned" } else { "system" }
+        if tuned_malloc {
+            "library-tuned"
+        } else {
+            "system"
+        }
     );
     // `--burn-backward`: the experts' matmuls with Burn's own backward (∂x = ∂y·Wᵀ) for the whole
     // run, e.g. to profile the weight-transpose copies that the default backward avoids.
@@ -640,6 +787,11 @@ fn main() {
     if args.iter().any(|a| a == "--decode") {
         let only_new = args.iter().any(|a| a == "--new-only");
         decode_throughput(if quick { 3 } else { 7 }, 500, only_new);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--lm-peer") {
+        let python = args.get(i + 1).expect("--lm-peer needs a python path");
+        lm_peer(python, if quick { 20 } else { 50 }, threads);
         return;
     }
     if args.iter().any(|a| a == "--train") {

@@ -29,13 +29,11 @@
 //! the router's all-gather of nothing (routing is local), and the compute/communication overlap
 //! real systems use.
 
-use std::time::Instant;
-
-use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use switch_moe::{SwitchFeedForward, SwitchFeedForwardConfig};
 
-type Ad = switch_moe::backend::SelectedAutodiff;
+mod common;
+use common::{Ad, layer_fb};
 
 struct Args {
     tokens: usize,
@@ -105,18 +103,7 @@ fn layer_ms(a: &Args, e: usize) -> f64 {
         Distribution::Normal(0.0, 1.0),
         &device,
     );
-    let run = || {
-        let start = Instant::now();
-        let (y, stats) = moe.forward(x.clone().require_grad(), None);
-        let loss = y.sum() + stats.aux_loss.mul_scalar(0.01);
-        let _grads = loss.backward();
-        Ad::sync(&device).unwrap();
-        start.elapsed().as_secs_f64() * 1e3
-    };
-    run(); // warm-up
-    let mut times: Vec<f64> = (0..a.reps).map(|_| run()).collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    layer_fb(&moe, &x, 1, a.reps)
 }
 
 /// Ring all-reduce of `bytes` over `p` devices, ms.

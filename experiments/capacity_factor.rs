@@ -35,6 +35,9 @@ fn label(cf: Option<f64>) -> String {
     cf.map_or("dropless".into(), |c| format!("cf {c}"))
 }
 
+/// The study from its flags to its report: arms, runs, table and figures in the order the README
+/// section tells them.
+// Over 100 lines on purpose: one study read top to bottom; its parts are used once.
 fn main() {
     let args = Args::parse();
     plot::init_font().unwrap_or_else(|e| fail(&e));

@@ -278,6 +278,7 @@ fn write_final(out: &Path, logs: &[(String, u64, RunLog)]) {
 /// The report, from the CSVs in `out` alone (so `--replot` and an interrupted study give the
 /// same): `summary.md`, `expert_by_domain.png`, `valid_loss.png`, `max_load.png`,
 /// `batch_modes.md`. `footer` adds what only the live run knows (wall time).
+// Over 100 lines on purpose: the report's tables and figures in the order summary.md shows them.
 fn report(out: &Path, footer: &str) {
     let finals = read_final_csv(out);
     let arms: Vec<String> = ARMS

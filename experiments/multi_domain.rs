@@ -139,6 +139,8 @@ fn write_final(out: &Path, logs: &[(String, u64, RunLog)]) {
     std::fs::write(out.join("final.csv"), csv).unwrap_or_else(|e| fail(&e.to_string()));
 }
 
+/// The summary table and figures from the runs' CSVs.
+// Over 100 lines on purpose: one table and its figures, each section used once.
 fn summarize(
     out: &Path,
     arms: &[String],

@@ -63,6 +63,8 @@ const CLAIMS: [(usize, usize, &str); 4] = [
     (4, 3, "Table-3 init s 1.0 vs s 0.1"),
 ];
 
+/// The study from its flags to its report, in the order the README section tells it.
+// Over 100 lines on purpose: one study read top to bottom; its parts are used once.
 fn main() {
     let args = Args::parse();
     plot::init_font().unwrap_or_else(|e| fail(&e));

@@ -29,6 +29,8 @@ struct Args {
     experts: Vec<usize>,
 }
 
+/// The study from its flags to its report, in the order the README section tells it.
+// Over 100 lines on purpose: one study read top to bottom; its parts are used once.
 fn main() {
     let args = Args::parse();
     plot::init_font().unwrap_or_else(|e| fail(&e));

@@ -46,7 +46,8 @@ pub enum RouterScore {
     Sigmoid,
 }
 
-/// The router: a bias-free linear map d → E evaluated in f32, followed by softmax and top-k.
+/// The router: a linear map d → E (bias-free unless `router_bias`), in f32 unless `router_f32` is
+/// off, then softmax or sigmoid scores (`router_score`) and the top-k choice.
 /// Built by [`SwitchFeedForwardConfig::init_router`](crate::SwitchFeedForwardConfig::init_router).
 #[derive(Module, Debug)]
 pub struct Router<B: Backend> {

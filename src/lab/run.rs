@@ -531,6 +531,8 @@ pub type EvalHook<'a, B> =
 
 /// [`train_run`], calling `on_eval(step, valid_ce, model)` at every validation point with the
 /// validation loss and the model in evaluation mode, for measurements a program adds.
+// Over 100 lines on purpose: the training loop with its validation points, checkpoints and resume in one
+// place, as a reader of a study expects to find it.
 pub fn train_run_with<B: AutodiffBackend>(
     spec: &RunSpec,
     corpus: &Corpus,
