@@ -796,6 +796,63 @@ fn figures(out: &Path, evals: &[Eval], present: &[&Arm]) {
         &valid,
         Some(plot::loss_range(&valid)),
     ));
+    // The effects are 0.01–0.05 nats on a 1-nat axis: each sparse arm minus the dense arm of its
+    // dropout, seed by seed (paired), mean and seed range.
+    let paired: Vec<Series> = present
+        .iter()
+        .filter(|a| a.experts > 1)
+        .filter_map(|a| {
+            let dense = if a.name.contains("d0.1") {
+                "dense-d0.1"
+            } else {
+                "dense-d0"
+            };
+            let mut seeds: Vec<u64> = evals
+                .iter()
+                .filter(|e| e.arm == a.name)
+                .map(|e| e.seed)
+                .collect();
+            seeds.dedup();
+            let curves: Vec<common::run::Curve> = seeds
+                .iter()
+                .map(|&s| {
+                    evals
+                        .iter()
+                        .filter(|e| e.arm == a.name && e.seed == s)
+                        .filter_map(|e| {
+                            let d = evals
+                                .iter()
+                                .find(|d| d.arm == dense && d.seed == s && d.step == e.step)?;
+                            Some((e.epoch, e.valid - d.valid))
+                        })
+                        .collect::<common::run::Curve>()
+                })
+                .filter(|c| !c.is_empty())
+                .collect();
+            if curves.is_empty() {
+                return None;
+            }
+            let (line, band) = common::run::mean_and_band(&curves);
+            Some(
+                Series::new(
+                    format!("{} − {dense}", a.name),
+                    line,
+                    plot::color_of(a.name, &names),
+                )
+                .with_band(band),
+            )
+        })
+        .collect();
+    if !paired.is_empty() {
+        plot_or_fail(plot::lines(
+            &out.join("valid_loss_minus_dense.png"),
+            "Validation loss minus dense (same dropout, same seed; band: seeds)",
+            "epoch",
+            "Δ validation cross-entropy (nats/char)",
+            &paired,
+            None,
+        ));
+    }
     let sparse: Vec<&&Arm> = present.iter().filter(|a| a.experts > 1).collect();
     for (file, title, y, value) in [
         (
