@@ -149,14 +149,19 @@ fn dense_step<B: Backend>(
     mask: Option<Tensor<B, 4, Bool>>,
     kv: &mut Option<(Tensor<B, 3>, Tensor<B, 3>)>,
 ) -> Tensor<B, 3> {
+    // burn-nn's PositionWiseFeedForward without its dropout (inference), through `project`.
+    let ffn = |h: Tensor<B, 3>| {
+        let f = &layer.pwff;
+        project(&f.linear_outer, f.activation.forward(project(&f.linear_inner, h)))
+    };
     if layer.norm_first {
         let x = x.clone() + attend(&layer.mha, layer.norm_2.forward(x), mask, kv);
-        x.clone() + layer.pwff.forward(layer.norm_1.forward(x))
+        x.clone() + ffn(layer.norm_1.forward(x))
     } else {
         let x = layer
             .norm_1
             .forward(x.clone() + attend(&layer.mha, x, mask, kv));
-        layer.norm_2.forward(x.clone() + layer.pwff.forward(x))
+        layer.norm_2.forward(x.clone() + ffn(x))
     }
 }
 
