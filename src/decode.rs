@@ -152,7 +152,10 @@ fn dense_step<B: Backend>(
     // burn-nn's PositionWiseFeedForward without its dropout (inference), through `project`.
     let ffn = |h: Tensor<B, 3>| {
         let f = &layer.pwff;
-        project(&f.linear_outer, f.activation.forward(project(&f.linear_inner, h)))
+        project(
+            &f.linear_outer,
+            f.activation.forward(project(&f.linear_inner, h)),
+        )
     };
     if layer.norm_first {
         let x = x.clone() + attend(&layer.mha, layer.norm_2.forward(x), mask, kv);
