@@ -598,6 +598,15 @@ fn calibrate<B: AutodiffBackend>(
             );
         }
     }
+    if cfg!(debug_assertions) {
+        // Both timings above ran this crate's code unoptimised: they say nothing of a release
+        // build, where ndarray takes 1–2 s per cpu-preset step on 2 cores.
+        println!(
+            "  advice     this is a debug build (no --release), whose own code runs unoptimised: \
+             both timings are slow for that reason; `cargo run --release --example train` \
+             (ndarray) is the fast way on a CPU"
+        );
+    }
 }
 
 fn run<B: AutodiffBackend>(
