@@ -763,24 +763,27 @@ fn report(out: &Path) {
 
 fn figures(out: &Path, evals: &[Eval], present: &[&Arm]) {
     let names: Vec<&str> = ARMS.iter().map(|a| a.name).collect();
-    let curve = |arm: &str, value: &dyn Fn(&Eval) -> f64| -> Series {
+    // Per seed of `arm`, the points (epoch, value) where `value` has one.
+    let per_seed = |arm: &str, value: &dyn Fn(&Eval) -> Option<f64>| -> Vec<common::run::Curve> {
         let mut seeds: Vec<u64> = evals
             .iter()
             .filter(|e| e.arm == arm)
             .map(|e| e.seed)
             .collect();
         seeds.dedup();
-        let curves: Vec<common::run::Curve> = seeds
+        seeds
             .iter()
             .map(|&s| {
                 evals
                     .iter()
                     .filter(|e| e.arm == arm && e.seed == s)
-                    .map(|e| (e.epoch, value(e)))
+                    .filter_map(|e| Some((e.epoch, value(e)?)))
                     .collect()
             })
-            .collect();
-        let (line, band) = common::run::mean_and_band(&curves);
+            .collect()
+    };
+    let curve = |arm: &str, value: &dyn Fn(&Eval) -> f64| -> Series {
+        let (line, band) = common::run::mean_and_band(&per_seed(arm, &|e| Some(value(e))));
         Series::new(arm, line, plot::color_of(arm, &names)).with_band(band)
     };
     let plot_or_fail = |r: Result<(), String>| r.unwrap_or_else(|e| fail(&e));
@@ -807,28 +810,15 @@ fn figures(out: &Path, evals: &[Eval], present: &[&Arm]) {
             } else {
                 "dense-d0"
             };
-            let mut seeds: Vec<u64> = evals
-                .iter()
-                .filter(|e| e.arm == a.name)
-                .map(|e| e.seed)
-                .collect();
-            seeds.dedup();
-            let curves: Vec<common::run::Curve> = seeds
-                .iter()
-                .map(|&s| {
-                    evals
-                        .iter()
-                        .filter(|e| e.arm == a.name && e.seed == s)
-                        .filter_map(|e| {
-                            let d = evals
-                                .iter()
-                                .find(|d| d.arm == dense && d.seed == s && d.step == e.step)?;
-                            Some((e.epoch, e.valid - d.valid))
-                        })
-                        .collect::<common::run::Curve>()
-                })
-                .filter(|c| !c.is_empty())
-                .collect();
+            let curves: Vec<common::run::Curve> = per_seed(a.name, &|e| {
+                let d = evals
+                    .iter()
+                    .find(|d| d.arm == dense && d.seed == e.seed && d.step == e.step)?;
+                Some(e.valid - d.valid)
+            })
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .collect();
             if curves.is_empty() {
                 return None;
             }
