@@ -21,9 +21,9 @@
 //! is dropped (run it on a [`dropless`](SwitchLm::dropless) model, as `generate` does). Inference
 //! only: no dropout, no padding mask.
 
-use burn::nn::Linear;
 use burn::nn::attention::MultiHeadAttention;
 use burn::nn::transformer::TransformerEncoderLayer;
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::{quiet_softmax, softmax};
 use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
 
@@ -129,16 +129,10 @@ fn sparse_step<B: Backend>(
     mask: Option<Tensor<B, 4, Bool>>,
     kv: &mut Option<(Tensor<B, 3>, Tensor<B, 3>)>,
 ) -> Tensor<B, 3> {
-    let ffn = |h: Tensor<B, 3>| moe_step(&layer.moe, h);
-    if layer.norm_first {
-        let x = x.clone() + attend(&layer.mha, layer.norm_attn.forward(x), mask, kv);
-        x.clone() + ffn(layer.norm_ffn.forward(x))
-    } else {
-        let x = layer
-            .norm_attn
-            .forward(x.clone() + attend(&layer.mha, x, mask, kv));
-        layer.norm_ffn.forward(x.clone() + ffn(x))
-    }
+    let norms = (&layer.norm_attn, &layer.norm_ffn);
+    residual_step(layer.norm_first, norms, &layer.mha, x, mask, kv, |h| {
+        moe_step(&layer.moe, h)
+    })
 }
 
 /// burn-nn's dense layer on the new positions (pre-norm: norm_2 before attention, norm_1 before
@@ -149,22 +143,38 @@ fn dense_step<B: Backend>(
     mask: Option<Tensor<B, 4, Bool>>,
     kv: &mut Option<(Tensor<B, 3>, Tensor<B, 3>)>,
 ) -> Tensor<B, 3> {
+    let norms = if layer.norm_first {
+        (&layer.norm_2, &layer.norm_1)
+    } else {
+        (&layer.norm_1, &layer.norm_2)
+    };
     // burn-nn's PositionWiseFeedForward without its dropout (inference), through `project`.
-    let ffn = |h: Tensor<B, 3>| {
-        let f = &layer.pwff;
+    let f = &layer.pwff;
+    residual_step(layer.norm_first, norms, &layer.mha, x, mask, kv, |h| {
         project(
             &f.linear_outer,
             f.activation.forward(project(&f.linear_inner, h)),
         )
-    };
-    if layer.norm_first {
-        let x = x.clone() + attend(&layer.mha, layer.norm_2.forward(x), mask, kv);
-        x.clone() + ffn(layer.norm_1.forward(x))
+    })
+}
+
+/// One encoder layer's two residual blocks, attention then `ffn`, with the norms `(attention's,
+/// the FFN's)` before each block (pre-norm) or after each residual sum (post-norm).
+fn residual_step<B: Backend>(
+    norm_first: bool,
+    (norm_attn, norm_ffn): (&LayerNorm<B>, &LayerNorm<B>),
+    mha: &MultiHeadAttention<B>,
+    x: Tensor<B, 3>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    kv: &mut Option<(Tensor<B, 3>, Tensor<B, 3>)>,
+    ffn: impl Fn(Tensor<B, 3>) -> Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    if norm_first {
+        let x = x.clone() + attend(mha, norm_attn.forward(x), mask, kv);
+        x.clone() + ffn(norm_ffn.forward(x))
     } else {
-        let x = layer
-            .norm_1
-            .forward(x.clone() + attend(&layer.mha, x, mask, kv));
-        layer.norm_2.forward(x.clone() + ffn(x))
+        let x = norm_attn.forward(x.clone() + attend(mha, x, mask, kv));
+        norm_ffn.forward(x.clone() + ffn(x))
     }
 }
 
