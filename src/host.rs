@@ -65,23 +65,15 @@ pub(crate) fn linear<B: Backend>(
     weight: &Tensor<B, 2>,
     bias: Option<&Tensor<B, 1>>,
 ) -> Option<Tensor<B, 2>> {
-    if !serves::<B>() {
-        return None;
-    }
-    let [rows, n_in] = x.dims();
-    let [w_in, n_out] = weight.dims();
-    assert_eq!(n_in, w_in, "host::linear: x [R, {n_in}] · W [{w_in}, n]");
-    let x = with_f32(x, <[f32]>::to_vec)?;
-    let mut y = match bias {
-        Some(b) => with_f32(b, |b| b.repeat(rows))?,
-        None => vec![0.0; rows * n_out],
-    };
-    with_f32(weight, |w| {
-        for (xr, yr) in x.chunks_exact(n_in).zip(y.chunks_exact_mut(n_out)) {
-            axpy_rows(xr, w, n_out, yr);
-        }
-    })?;
-    Some(tensor::<B>(y, [rows, n_out]))
+    // One expert, chosen by every row.
+    let [rows, _] = x.dims();
+    let bias = bias.map(|b| b.clone().unsqueeze::<2>()); // [1, n_out]
+    expert_linear(
+        x,
+        &vec![0; rows],
+        &weight.clone().unsqueeze(),
+        bias.as_ref(),
+    )
 }
 
 /// y = x·Wᵀ for a few rows with W stored `[n_out, n_in]` (a tied LM head: the token
