@@ -5,9 +5,10 @@
 //! **Context rule.** The model sees at most `max_seq_len` tokens (its position table). One cache
 //! serves while the context fits; when the next step would exceed the window, the context
 //! restarts from the last `max_seq_len / 2` tokens (at least 1): the cache is rebuilt from them in
-//! one pass (as a prompt) and decoding continues. Positions are absolute, so a sliding window would need the
-//! whole cache recomputed at every step; halving keeps the rebuilds to one per `max_seq_len / 2`
-//! tokens, at the price of a context between `max_seq_len / 2` and `max_seq_len` tokens long.
+//! one pass (as a prompt) and decoding continues. Positions are absolute, so a sliding window
+//! would need the whole cache recomputed at every step; halving keeps the rebuilds to one per
+//! `max_seq_len / 2` tokens, at the price of a context between `max_seq_len / 2` and
+//! `max_seq_len` tokens long.
 //!
 //! **No token is dropped.** Sampling runs on a dropless copy of the model ([`SwitchLm::dropless`]):
 //! the prompt pass routes every token without capacity limits, and a single-token step could
